@@ -1,0 +1,107 @@
+"""Client identity defaults and pure request classifiers.
+
+The defaults track a recent VS Code Copilot Chat release (protocol reference
+section 3); they live here, in one place, so a release can bump them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+EDITOR_VERSION = "vscode/1.104.3"
+EDITOR_PLUGIN_VERSION = "copilot-chat/0.38.2"
+USER_AGENT = "GitHubCopilotChat/0.38.2"
+COPILOT_INTEGRATION_ID = "vscode-chat"
+OPENAI_INTENT = "conversation-panel"
+GITHUB_API_VERSION = "2025-10-01"
+# The token exchange endpoint is versioned separately (protocol reference §2).
+TOKEN_API_VERSION = "2025-04-01"
+
+Initiator = Literal["user", "agent"]
+
+
+def normalize_initiator_mode(mode: str) -> str:
+    return {"always_user": "user", "always_agent": "agent"}.get(mode, mode)
+
+
+def classify_chat(messages: Any) -> Initiator:
+    """Chat Completions: the last non-system message decides.
+
+    ``tool`` or ``assistant`` → agent (a tool loop continuing), ``user`` →
+    user; anything unknown → user.
+    """
+    if not isinstance(messages, list):
+        return "user"
+    for msg in reversed(messages):
+        role = msg.get("role") if isinstance(msg, Mapping) else None
+        if role in ("system", "developer"):
+            continue
+        if role in ("tool", "assistant"):
+            return "agent"
+        return "user"
+    return "user"
+
+
+def classify_responses(items: Any) -> Initiator:
+    """Responses API: walk ``input`` from the end, skipping system/developer."""
+    if isinstance(items, str) or not isinstance(items, list):
+        return "user"
+    for item in reversed(items):
+        if not isinstance(item, Mapping):
+            return "user"
+        kind = item.get("type")
+        role = item.get("role")
+        if role in ("system", "developer"):
+            continue
+        if kind in ("function_call_output", "function_call", "custom_tool_call",
+                    "custom_tool_call_output", "reasoning") or role == "assistant":
+            return "agent"
+        return "user"
+    return "user"
+
+
+def classify_messages(messages: Any) -> Initiator:
+    """Anthropic Messages: last message assistant, or a user turn of only tool results."""
+    if not isinstance(messages, list) or not messages:
+        return "user"
+    last = messages[-1]
+    if not isinstance(last, Mapping):
+        return "user"
+    if last.get("role") == "assistant":
+        return "agent"
+    content = last.get("content")
+    if isinstance(content, list) and content and all(
+        isinstance(b, Mapping) and b.get("type") == "tool_result" for b in content
+    ):
+        return "agent"
+    return "user"
+
+
+def resolve_initiator(header: str | None, account_mode: str, classified: Initiator) -> Initiator:
+    """Client header wins, then the account's mode unless ``auto``, then the classifier."""
+    if header:
+        h = header.strip().lower()
+        if h in ("user", "agent"):
+            return h  # type: ignore[return-value]
+    mode = normalize_initiator_mode(account_mode)
+    if mode in ("user", "agent"):
+        return mode  # type: ignore[return-value]
+    return classified
+
+
+def _parts(content: Any) -> Iterable[Any]:
+    return content if isinstance(content, list) else ()
+
+
+def has_image(messages: Any) -> bool:
+    """Whether any chat message carries an image part (→ Copilot-Vision-Request)."""
+    if not isinstance(messages, list):
+        return False
+    for msg in messages:
+        if not isinstance(msg, Mapping):
+            continue
+        for part in _parts(msg.get("content")):
+            if isinstance(part, Mapping) and part.get("type") in ("image_url", "input_image", "image"):
+                return True
+    return False
