@@ -1,0 +1,299 @@
+"""The daemon: one ``trio.run``, one supervising nursery.
+
+Task tree (every task has an owner; shutdown is an ordered sequence)::
+
+    root nursery
+    ├── usage writer                 (ends after the request path stops reporting)
+    └── services nursery
+        ├── signal handler           SIGINT/SIGTERM → graceful stop, SIGHUP → reload
+        ├── config watcher           file edits → reload accounts
+        ├── refresher per account    credential + model list
+        ├── API listener             hypercorn.trio.serve(shutdown_trigger=…)
+        └── MITM proxy listener      (serve --with-proxy)
+
+Shutdown: the listeners stop accepting and give in-flight requests
+``server.shutdown_grace_secs``; then the services nursery is cancelled, the
+ledger channel closed, and the writer flushes every row before the process
+exits 0.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from tokn_router import config as config_mod
+from tokn_router.api.app import Services, create_app
+from tokn_router.api.relay import Relay, RequestLog
+from tokn_router.config import Config, ConfigFile
+from tokn_router.errors import ToknError, UsageError
+from tokn_router.pool import AccountState, Pool, Refresher
+from tokn_router.providers.base import Credential
+from tokn_router.upstream import ProxySetting, make_client
+
+log = logging.getLogger("tokn_router.daemon")
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    config_path: Path
+    host: str | None = None
+    port: int | None = None
+    no_proxy: bool = False
+    insecure_allow_remote: bool = False
+    with_proxy: bool = False
+    proxy_route_mode: str | None = None
+
+
+def is_loopback_bind(host: str) -> bool:
+    if host in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, allow_remote: bool, what: str = "--host") -> None:
+    if not is_loopback_bind(host) and not allow_remote:
+        raise UsageError(
+            f"refusing to listen on non-loopback address {host} ({what}): anyone who can reach "
+            "it could use your accounts; pass --insecure-allow-remote to do it anyway"
+        )
+
+
+def setup_logging() -> None:
+    level = os.environ.get("TOKN_ROUTER_LOG", "info").upper()
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    logging.getLogger("hypercorn").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+class Daemon:
+    def __init__(self, opts: ServeOptions) -> None:
+        self.opts = opts
+        self.file = ConfigFile(opts.config_path)
+        self.cfg: Config = self.file.load()
+        self.host = opts.host or self.cfg.server.host
+        self.port = self.cfg.server.port if opts.port is None else opts.port
+        check_bind(self.host, opts.insecure_allow_remote)
+        config_mod.ensure_state_dir(opts.config_path.parent)
+        self.proxy_setting = ProxySetting.from_config(self.cfg.proxy, disabled=opts.no_proxy)
+        self.client = make_client(self.proxy_setting, self.cfg.upstream)
+        self.pool = Pool(self.cfg)
+        self.refresher = Refresher(self.pool, self.client, self.cfg.github, self._persist)
+        self.relay = Relay(self.pool, self.refresher, self.client)
+        self.shutdown = trio.Event()
+        self._account_scopes: dict[int, trio.CancelScope] = {}
+        self._services: trio.Nursery | None = None
+        self._ledger: Any = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        self._ledger = _NullLedger()
+        svc = Services(
+            config=lambda: self.cfg,
+            pool=self.pool,
+            relay=self.relay,
+            report=self._report,
+            loopback_only=is_loopback_bind(self.host),
+            health_extra=self._health_extra,
+        )
+        app = create_app(svc)
+        async with self.client, trio.open_nursery() as root:
+            await root.start(self._ledger.run)
+            try:
+                async with trio.open_nursery() as services:
+                    self._services = services
+                    services.start_soon(self._signals)
+                    for st in self.pool.states:
+                        self._start_account(st)
+                    url = await self._start_api(services, app)
+                    self._banner(url)
+                    services.start_soon(self._watch_config)
+                    await self.shutdown.wait()
+                    await self._api_done.wait()
+                    services.cancel_scope.cancel()
+            finally:
+                self._ledger.close()
+
+    async def _start_api(self, nursery: trio.Nursery, app: Any) -> str:
+        from hypercorn.config import Config as HConfig
+        from hypercorn.trio import serve
+
+        hcfg = HConfig()
+        host = self.host
+        hcfg.bind = [f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"]
+        hcfg.accesslog = None
+        hcfg.errorlog = logging.getLogger("hypercorn.error")
+        hcfg.graceful_timeout = self.cfg.server.shutdown_grace_secs
+        hcfg.keep_alive_timeout = 75
+        hcfg.h11_max_incomplete_size = 64 * 1024
+        hcfg.h2_max_inbound_frame_size = 2**14
+        self._api_done = trio.Event()
+
+        async def run_api(task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+            try:
+                await serve(app, hcfg, shutdown_trigger=self.shutdown.wait, task_status=task_status)
+            finally:
+                self._api_done.set()
+
+        try:
+            binds = await nursery.start(run_api)
+        except* OSError as eg:
+            err = eg.exceptions[0]
+            reason = getattr(err, "strerror", None) or str(err)
+            raise ToknError(f"cannot listen on {host}:{self.port}: {reason}") from None
+        return str(binds[0]) if binds else f"http://{host}:{self.port}"
+
+    def _banner(self, url: str) -> None:
+        _say(f"listening on {url}")
+        states = self.pool.states
+        if not states:
+            _say(
+                "no account configured yet: add one with `tokn-router login` "
+                "(or `tokn-router import --from gh|copilot-plugin|env`); it is picked up live"
+            )
+        for st in states:
+            flag = "" if st.account.enabled else " (disabled)"
+            _say(f"  account {st.id} [{st.provider.id}]{flag}")
+        if self._ledger is not None and getattr(self._ledger, "path", None):
+            _say(f"usage ledger: {self._ledger.path}")
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as sigs:
+            async for sig in sigs:
+                if sig == signal.SIGHUP:
+                    log.info("SIGHUP: reloading %s", self.opts.config_path)
+                    self.reload()
+                elif not self.shutdown.is_set():
+                    log.info(
+                        "shutting down (in-flight requests get %.0fs)",
+                        self.cfg.server.shutdown_grace_secs,
+                    )
+                    self.shutdown.set()
+                else:
+                    log.warning("second signal: stopping now")
+                    assert self._services is not None
+                    self._services.cancel_scope.cancel()
+
+    # --------------------------------------------------------------- config
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.opts.config_path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    async def _watch_config(self) -> None:
+        # trio has no portable file watcher; a stat per second is cheap.
+        last = self._stat()
+        while True:
+            await trio.sleep(1.0)
+            cur = self._stat()
+            if cur != last:
+                last = cur
+                if cur is not None:
+                    self.reload()
+
+    def reload(self) -> None:
+        try:
+            new = self.file.load()
+        except ToknError as e:
+            log.error("config reload failed, keeping the previous config: %s", e)
+            return
+        self.cfg = new
+        self.refresher.github = new.github
+        added, removed = self.pool.apply_config(new)
+        for st in removed:
+            scope = self._account_scopes.pop(id(st), None)
+            if scope is not None:
+                scope.cancel()
+        for st in added:
+            self._start_account(st)
+        if added or removed:
+            log.info(
+                "accounts reloaded: +%s -%s",
+                ",".join(s.id for s in added) or "0",
+                ",".join(s.id for s in removed) or "0",
+            )
+
+    def _start_account(self, st: AccountState) -> None:
+        assert self._services is not None
+        scope = trio.CancelScope()
+        self._account_scopes[id(st)] = scope
+
+        async def runner() -> None:
+            with scope:
+                await self.refresher.run_account(st)
+
+        self._services.start_soon(runner)
+
+    async def _persist(self, account_id: str, cred: Credential) -> None:
+        def edit(doc: Any) -> None:
+            if config_mod.find_account_table(doc, account_id) is None:
+                return  # removed meanwhile
+            config_mod.set_account_fields(
+                doc,
+                account_id,
+                access_token=cred.token,
+                access_token_expires_at=cred.expires_at,
+            )
+
+        await trio.to_thread.run_sync(self.file.update, edit)
+
+    # ---------------------------------------------------------------- usage
+
+    def _report(self, rlog: RequestLog) -> None:
+        if self._ledger is not None:
+            self._ledger.submit(rlog)
+
+    def _health_extra(self) -> dict[str, Any]:
+        if self._ledger is None:
+            return {}
+        return {"usage": self._ledger.health_dict()}
+
+
+class _NullLedger:
+    path = None
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+
+    def submit(self, rlog: RequestLog) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def health_dict(self) -> dict[str, Any]:
+        return {}
+
+
+async def serve(opts: ServeOptions) -> None:
+    setup_logging()
+    started = time.monotonic()
+    daemon = Daemon(opts)
+    await daemon.run()
+    log.info("stopped after %.0fs", time.monotonic() - started)

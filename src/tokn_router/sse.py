@@ -1,0 +1,177 @@
+"""Sans-I/O Server-Sent Events handling for relayed chat-completion streams.
+
+:class:`ChatStreamRelay` is fed the upstream body bytes exactly as they arrive
+and returns the bytes to forward to the client. It never re-encodes an event:
+forwarded bytes are slices of what upstream sent. On the side it extracts
+what the ledger needs (usage, upstream model, an error payload) by decoding
+only the ``data:`` lines with msgspec.
+
+The one transformation it may apply is dropping the usage-only chunk
+(``choices: []`` with a ``usage`` object) when the client did not ask for
+usage: upstream is always asked for it so every stream is metered. To drop an
+event its end must be known, so in that mode an incomplete trailing event is
+held until its terminating blank line arrives; complete events are never held.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class _PromptDetails(msgspec.Struct):
+    cached_tokens: int | None = None
+
+
+class _CompletionDetails(msgspec.Struct):
+    reasoning_tokens: int | None = None
+
+
+class Usage(msgspec.Struct):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    prompt_tokens_details: _PromptDetails | None = None
+    completion_tokens_details: _CompletionDetails | None = None
+
+    @property
+    def cached_tokens(self) -> int | None:
+        d = self.prompt_tokens_details
+        return d.cached_tokens if d else None
+
+    @property
+    def reasoning_tokens(self) -> int | None:
+        d = self.completion_tokens_details
+        return d.reasoning_tokens if d else None
+
+
+class _Chunk(msgspec.Struct):
+    model: str | None = None
+    usage: Usage | None = None
+    choices: list[msgspec.Raw] | None = None
+    error: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
+
+
+class ChatCompletion(msgspec.Struct):
+    """The fields of a non-streamed chat completion the ledger reads."""
+
+    model: str | None = None
+    usage: Usage | None = None
+
+
+_chunk_decoder = msgspec.json.Decoder(_Chunk)
+completion_decoder = msgspec.json.Decoder(ChatCompletion)
+
+
+def _event_end(buf: bytes | bytearray, start: int) -> tuple[int, int]:
+    """Find the next blank line at or after ``start``: (index, length) or (-1, 0)."""
+    lf = buf.find(b"\n\n", start)
+    crlf = buf.find(b"\r\n\r\n", start)
+    if crlf != -1 and (lf == -1 or crlf < lf):
+        return crlf, 4
+    if lf != -1:
+        return lf, 2
+    return -1, 0
+
+
+def _data_payload(event: bytes) -> bytes | None:
+    """The joined ``data:`` field of one event (None when it has none)."""
+    if event.startswith(b"data:") and b"\ndata:" not in event:
+        # the common case: one data line (maybe followed by \r)
+        payload = event[5:]
+        nl = payload.find(b"\n")
+        if nl != -1:
+            payload = payload[:nl]
+        return payload.strip()
+    parts: list[bytes] = []
+    for line in event.splitlines():
+        if line.startswith(b"data:"):
+            parts.append(line[5:].lstrip(b" ") if line[5:6] == b" " else line[5:])
+    return b"\n".join(parts).strip() if parts else None
+
+
+class ChatStreamRelay:
+    """Relay one upstream chat-completions SSE body; extract usage on the side."""
+
+    __slots__ = (
+        "_buf",
+        "_drop_usage",
+        "done",
+        "error",
+        "events",
+        "first_content",
+        "model",
+        "usage",
+    )
+
+    def __init__(self, *, drop_usage_chunk: bool) -> None:
+        self._drop_usage = drop_usage_chunk
+        self._buf = bytearray()
+        self.usage: Usage | None = None
+        self.model: str | None = None
+        self.error: bytes | None = None  # raw JSON of a mid-stream {"error": ...}
+        self.done = False  # saw `data: [DONE]`
+        self.events = 0
+        self.first_content = False  # set once an event with choices has passed
+
+    def feed(self, data: bytes) -> bytes:
+        """Take upstream bytes; return the bytes to send to the client now."""
+        buf = self._buf
+        buf += data
+        pos = 0
+        drops: list[tuple[int, int]] = []
+        while True:
+            end, sep = _event_end(buf, pos)
+            if end == -1:
+                break
+            if self._inspect(bytes(buf[pos:end])):
+                drops.append((pos, end + sep))
+            pos = end + sep
+        if not self._drop_usage:
+            # Nothing is ever removed: forward the new bytes as they are and
+            # keep only the incomplete tail for inspection.
+            del buf[:pos]
+            return data
+        if drops:
+            pieces: list[bytes] = []
+            cur = 0
+            for a, b in drops:
+                pieces.append(bytes(buf[cur:a]))
+                cur = b
+            pieces.append(bytes(buf[cur:pos]))
+            out = b"".join(pieces)
+        else:
+            out = bytes(buf[:pos])
+        del buf[:pos]
+        return out
+
+    def flush(self) -> bytes:
+        """End of upstream body: return any held bytes (an unterminated event)."""
+        tail = bytes(self._buf)
+        self._buf.clear()
+        if tail.strip():
+            self._inspect(tail)
+        return tail if self._drop_usage else b""
+
+    def _inspect(self, event: bytes) -> bool:
+        """Extract side information; True when the event must be dropped."""
+        payload = _data_payload(event)
+        if payload is None or not payload:
+            return False
+        self.events += 1
+        if payload == b"[DONE]":
+            self.done = True
+            return False
+        try:
+            chunk = _chunk_decoder.decode(payload)
+        except msgspec.DecodeError:
+            return False
+        if chunk.model and not self.model:
+            self.model = chunk.model
+        if chunk.error and bytes(chunk.error) != b"null":
+            self.error = bytes(chunk.error)
+        if chunk.choices:
+            self.first_content = True
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+            return self._drop_usage and not chunk.choices
+        return False
