@@ -41,6 +41,8 @@ class ServerConfig(_Base):
     route_mode: RouteMode = "route"
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 32 * 1024 * 1024
     shutdown_grace_secs: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+    # SSE comment sent while upstream is silent, so a client that went away is noticed
+    sse_keepalive_secs: Annotated[float, msgspec.Meta(gt=0)] = 15.0
 
 
 class PoolConfig(_Base):
@@ -232,8 +234,10 @@ def _locate(text: str, parts: list[str | int]) -> int | None:
             full = [*table, *k.split(".")]
             if full == parts:
                 return lineno
-            if full[-1] == key and best is None and all(
-                isinstance(p, int) or p in full for p in parts[:-1]
+            if (
+                full[-1] == key
+                and best is None
+                and all(isinstance(p, int) or p in full for p in parts[:-1])
             ):
                 best = lineno
     return best
@@ -531,10 +535,7 @@ def to_toml_literal(value: Any) -> str:
 
 def get_key(obj: Any, dotted: str) -> Any:
     for part in dotted.split("."):
-        if isinstance(obj, dict):
-            obj = obj.get(part)
-        else:
-            obj = getattr(obj, part)
+        obj = obj.get(part) if isinstance(obj, dict) else getattr(obj, part)
     return obj
 
 

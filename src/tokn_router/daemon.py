@@ -92,6 +92,7 @@ class Daemon:
     def __init__(self, opts: ServeOptions) -> None:
         self.opts = opts
         self.file = ConfigFile(opts.config_path)
+        self._config_stat = self._stat()  # before loading: an edit racing start-up is seen
         self.cfg: Config = self.file.load()
         self.host = opts.host or self.cfg.server.host
         self.port = self.cfg.server.port if opts.port is None else opts.port
@@ -110,12 +111,15 @@ class Daemon:
     # ------------------------------------------------------------ lifecycle
 
     async def run(self) -> None:
-        self._ledger = _NullLedger()
+        from tokn_router.usage import open_ledger
+
+        self._ledger = open_ledger(self.cfg, self.opts.config_path)
         svc = Services(
             config=lambda: self.cfg,
             pool=self.pool,
             relay=self.relay,
             report=self._report,
+            spawn=self._spawn,
             loopback_only=is_loopback_bind(self.host),
             health_extra=self._health_extra,
         )
@@ -135,6 +139,7 @@ class Daemon:
                     await self._api_done.wait()
                     services.cancel_scope.cancel()
             finally:
+                # every request has reported by now: let the writer flush and end
                 self._ledger.close()
 
     async def _start_api(self, nursery: trio.Nursery, app: Any) -> str:
@@ -167,7 +172,7 @@ class Daemon:
         return str(binds[0]) if binds else f"http://{host}:{self.port}"
 
     def _banner(self, url: str) -> None:
-        _say(f"listening on {url}")
+        # "listening on" comes last: whoever waits for it sees the whole banner.
         states = self.pool.states
         if not states:
             _say(
@@ -176,9 +181,10 @@ class Daemon:
             )
         for st in states:
             flag = "" if st.account.enabled else " (disabled)"
-            _say(f"  account {st.id} [{st.provider.id}]{flag}")
-        if self._ledger is not None and getattr(self._ledger, "path", None):
+            _say(f"account {st.id} [{st.provider.id}]{flag}")
+        if self._ledger is not None and self._ledger.enabled:
             _say(f"usage ledger: {self._ledger.path}")
+        _say(f"listening on {url}")
 
     async def _signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as sigs:
@@ -208,7 +214,7 @@ class Daemon:
 
     async def _watch_config(self) -> None:
         # trio has no portable file watcher; a stat per second is cheap.
-        last = self._stat()
+        last = self._config_stat
         while True:
             await trio.sleep(1.0)
             cur = self._stat()
@@ -263,32 +269,21 @@ class Daemon:
 
         await trio.to_thread.run_sync(self.file.update, edit)
 
+    def _spawn(self, fn: Any) -> None:
+        # Per-request helper tasks (stream pumps) belong to the services nursery.
+        assert self._services is not None
+        self._services.start_soon(fn)
+
     # ---------------------------------------------------------------- usage
 
     def _report(self, rlog: RequestLog) -> None:
         if self._ledger is not None:
-            self._ledger.submit(rlog)
+            self._ledger.submit(rlog.to_record())
 
     def _health_extra(self) -> dict[str, Any]:
         if self._ledger is None:
             return {}
         return {"usage": self._ledger.health_dict()}
-
-
-class _NullLedger:
-    path = None
-
-    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-
-    def submit(self, rlog: RequestLog) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def health_dict(self) -> dict[str, Any]:
-        return {}
 
 
 async def serve(opts: ServeOptions) -> None:

@@ -76,6 +76,9 @@ class AccountState:
     models_fetched_at: float = 0.0
     refresh_lock: trio.Lock = field(default_factory=trio.Lock)
     wake: trio.Event = field(default_factory=trio.Event)
+    # set once the first credential + model-list attempt is over (success or not),
+    # so requests arriving during start-up wait instead of seeing a partial pool
+    ready: trio.Event = field(default_factory=trio.Event)
     removed: bool = False
 
     @property
@@ -303,6 +306,12 @@ class Pool:
                     out.append((st, entry))
         return out
 
+    async def wait_ready(self, timeout: float = 15.0) -> None:
+        """Wait (bounded) until every account finished its first refresh/model read."""
+        with trio.move_on_after(timeout):
+            for st in list(self.states):
+                await st.ready.wait()
+
     def known_models(self) -> set[str]:
         return {e["id"] for _, e in self.model_entries()}
 
@@ -387,11 +396,13 @@ class Refresher:
         backoff = 5.0
         while not st.removed:
             if st.disabled_reason or not st.account.enabled:
+                st.ready.set()
                 await self._wait(st, None)
                 continue
             if st.needs_credential():
                 ok = await self.refresh(st)
                 if not ok:
+                    st.ready.set()
                     if st.disabled_reason:
                         continue
                     await self._wait(st, backoff)
@@ -400,6 +411,7 @@ class Refresher:
                 backoff = 5.0
             if not st.models or time.monotonic() - st.models_fetched_at > MODELS_TTL_SECS:
                 await self.fetch_models(st)
+            st.ready.set()
             await self._wait(st, self._next_wake(st))
 
     def _next_wake(self, st: AccountState) -> float:

@@ -26,6 +26,7 @@ from tokn_router import identity, models_meta
 from tokn_router._version import __version__
 from tokn_router.api.errors import error_body, upstream_error_text, wrap_upstream_error
 from tokn_router.api.relay import ApiError, Relay, RequestLog, Route
+from tokn_router.api.streaming import Spawn, relay_stream
 from tokn_router.config import Config
 from tokn_router.pool import AccountState, Pool
 from tokn_router.providers.base import RequestInfo
@@ -49,9 +50,13 @@ class Services:
     pool: Pool
     relay: Relay
     report: Callable[[RequestLog], None]
+    spawn: Spawn
     loopback_only: bool = True
     started: float = field(default_factory=time.time)
     health_extra: Callable[[], dict[str, Any]] = lambda: {}
+
+    def keepalive(self) -> float:
+        return self.config().server.sse_keepalive_secs
 
 
 def is_loopback_host(host_header: str) -> bool:
@@ -158,6 +163,7 @@ def create_app(svc: Services) -> QuartTrio:
     @app.get("/v1/models")
     @app.get("/models")
     async def models() -> Response:
+        await svc.pool.wait_ready()
         data = []
         for st, entry in svc.pool.model_entries():
             data.append({**entry, "x_tokn_router": model_block(st, str(entry.get("id")))})
@@ -305,46 +311,51 @@ async def _relay_whole(svc: Services, resp: httpx.Response, rlog: RequestLog) ->
     return Response(data, status=status, content_type=ctype, headers=headers)
 
 
+class _ChatTransform:
+    """Chat-completions SSE passes through unchanged (maybe minus the usage chunk)."""
+
+    def __init__(self, relay: ChatStreamRelay) -> None:
+        self.relay = relay
+
+    @property
+    def first_content(self) -> bool:
+        return self.relay.first_content
+
+    def feed(self, data: bytes) -> bytes:
+        return self.relay.feed(data)
+
+    def flush(self) -> bytes:
+        return self.relay.flush()
+
+    def fail(self, message: str) -> bytes:
+        return b"data: " + error_body(502, message, code="upstream_stream_error") + b"\n\n"
+
+
 def _relay_stream(
     svc: Services, route: Route, resp: httpx.Response, rlog: RequestLog, *, drop_usage: bool
 ) -> Response:
     relay = ChatStreamRelay(drop_usage_chunk=drop_usage)
     rlog.status = resp.status_code
 
-    async def body() -> AsyncIterator[bytes]:
-        try:
-            async for chunk in resp.aiter_bytes():
-                out = relay.feed(chunk)
-                if rlog.ttft_ms is None and relay.first_content:
-                    rlog.mark_first_token()
-                if out:
-                    yield out
-            tail = relay.flush()
-            if tail:
-                yield tail
-            if relay.error is not None:
-                rlog.error = (
-                    "upstream error mid-stream: " + relay.error.decode("utf-8", "replace")[:300]
-                )
-        except httpx.HTTPError as e:
-            # After the first byte there is no failover: tell the client plainly
-            # instead of ending the stream as if it were complete.
-            rlog.error = f"upstream stream failed: {type(e).__name__}: {e}"[:500]
-            log.warning("request %s: %s", rlog.request_id, rlog.error)
-            yield b"data: " + error_body(502, rlog.error, code="upstream_stream_error") + b"\n\n"
-        except trio.Cancelled:
-            rlog.error = rlog.error or "client disconnected"
-            raise
-        finally:
-            with trio.CancelScope(shield=True):
-                await resp.aclose()
-            rlog.usage = relay.usage
-            if relay.model:
-                rlog.upstream_model = relay.model
-            rlog.finish()
-            svc.report(rlog)
+    def done() -> None:
+        rlog.usage = relay.usage
+        if relay.model:
+            rlog.upstream_model = relay.model
+        if relay.error is not None and rlog.error is None:
+            rlog.error = (
+                "upstream error mid-stream: " + relay.error.decode("utf-8", "replace")[:300]
+            )
+        rlog.finish()
+        svc.report(rlog)
 
+    body = relay_stream(
+        svc.spawn, resp, _ChatTransform(relay), rlog, keepalive=svc.keepalive(), on_done=done
+    )
+    return sse_response(body, resp.status_code)
+
+
+def sse_response(body: AsyncIterator[bytes], status: int = 200) -> Response:
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    response = Response(body(), status=resp.status_code, content_type=SSE, headers=headers)
+    response = Response(body, status=status, content_type=SSE, headers=headers)
     response.timeout = None
     return response

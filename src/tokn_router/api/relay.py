@@ -29,6 +29,7 @@ from tokn_router import providers
 from tokn_router.api.errors import upstream_error_text
 from tokn_router.pool import AccountState, Pool, Refresher, parse_retry_after
 from tokn_router.sse import Usage
+from tokn_router.usage.record import Attempt, RequestRecord
 
 log = logging.getLogger("tokn_router.relay")
 
@@ -75,6 +76,35 @@ class RequestLog:
     ttft_ms: float | None = None
     latency_ms: float | None = None
     attempts: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_record(self) -> RequestRecord:
+        u = self.usage
+        return RequestRecord(
+            ts=self.started_at_ms // 1000,
+            started_at_ms=self.started_at_ms,
+            request_id=self.request_id,
+            endpoint=self.endpoint,
+            model=self.model or "",
+            account_id=self.account_id,
+            provider_id=self.provider_id,
+            upstream_model=self.upstream_model,
+            initiator=self.initiator,
+            stream=self.stream,
+            route_mode=self.route_mode,
+            source=self.source,  # type: ignore[arg-type]
+            status=self.status,
+            error=self.error,
+            input_tokens=u.prompt_tokens if u else None,
+            output_tokens=u.completion_tokens if u else None,
+            cached_tokens=u.cached_tokens if u else None,
+            reasoning_tokens=u.reasoning_tokens if u else None,
+            latency_ms=self.latency_ms,
+            ttft_ms=self.ttft_ms,
+            attempts=[
+                Attempt(account_id=a["account_id"], status=a.get("status", 0), error=a.get("error"))
+                for a in self.attempts
+            ],
+        )
 
     def mark_first_token(self) -> None:
         if self.ttft_ms is None:
@@ -141,6 +171,7 @@ class Relay:
                     f"X-Tokn-Account names an unknown account '{account_id}'",
                     code="unknown_account",
                 )
+        await self.pool.wait_ready()
         for attempt in range(2):
             resolved = model
             if resolve is not None:

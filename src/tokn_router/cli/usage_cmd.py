@@ -1,3 +1,80 @@
-"""Placeholder: registers nothing until the feature works."""
+"""``tokn-router usage``: what the usage ledger recorded."""
 
-from tokn_router.cli import app  # noqa: F401
+from __future__ import annotations
+
+import json as _json
+import sys
+from typing import Annotated
+
+from cyclopts import Parameter
+
+from tokn_router import config
+from tokn_router.cli import _context, app
+from tokn_router.usage import queries
+from tokn_router.usage.schema import NoDatabaseError, open_readonly
+
+
+@app.command(name="usage")
+def usage(
+    *,
+    since: Annotated[str | None, Parameter(metavar="WHEN")] = None,
+    account: Annotated[str | None, Parameter(metavar="ID")] = None,
+    as_json: Annotated[bool, Parameter(name="--json", negative=())] = False,
+) -> int:
+    """Show the usage ledger: totals and a table per account and model.
+
+    Per account and model: requests, errors (an error was recorded, or the
+    status sent was 0 or >= 400), input and output tokens (input includes
+    cached tokens) and the p50 latency. Reads the database while a daemon
+    writes to it. With no database yet, says so on stderr and exits 0 (with
+    --json, an empty report whose database_exists is false).
+
+    --json prints one object, stable while its "format" is 1: format,
+    database, database_exists, since (ISO 8601 UTC or null), since_ts (unix
+    seconds or null), account (or null), totals, by_account_model (sorted by
+    account_id then model; each entry has account_id, which is null when no
+    account served the request, and model). totals and every entry carry
+    requests, errors, input_tokens, output_tokens, cached_tokens,
+    reasoning_tokens (integers) and p50_latency_ms (number or null).
+
+    Parameters
+    ----------
+    since
+        Only requests since then: a duration back from now (30m, 24h, 7d, 2w)
+        or an ISO date or time (2026-01-31, 2026-01-31T09:00, local time unless
+        it has an offset such as Z or +02:00). Default: all time.
+    account
+        Only requests served by this account id.
+    as_json
+        Print the report as JSON (format above) instead of text.
+    """
+    since_ts = queries.parse_since(since) if since is not None else None
+    cfg_path = _context.config_path()
+    cfg = config.load(cfg_path)
+    db_path = config.usage_db_path(cfg, cfg_path)
+    if not cfg.usage.enabled:
+        print(
+            f"note: the usage ledger is disabled ([usage] enabled = false in {cfg_path}); "
+            "nothing new is recorded",
+            file=sys.stderr,
+        )
+    try:
+        conn = open_readonly(db_path)
+    except NoDatabaseError:
+        print(
+            f"no usage recorded yet: {db_path} does not exist or is empty "
+            "(`tokn-router serve` creates it)",
+            file=sys.stderr,
+        )
+        report = queries.empty_report(db_path, since_ts=since_ts, account=account)
+    else:
+        try:
+            report = queries.query(conn, db_path, since_ts=since_ts, account=account)
+        finally:
+            conn.close()
+    if as_json:
+        print(_json.dumps(queries.report_json(report), indent=2))
+    elif report.database_exists:
+        label = queries.since_label(since) if since is not None else None
+        print(queries.format_text(report, since_label=label))
+    return 0

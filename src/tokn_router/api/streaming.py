@@ -1,0 +1,122 @@
+"""Relaying an upstream streaming body to the client.
+
+The upstream body is read by a *pump* task owned by the daemon's nursery and
+handed over through a small memory channel. That indirection buys three things:
+
+- **Disconnects are noticed during upstream silence.** hypercorn only learns
+  that an HTTP/1.1 client went away when a write fails, so while a reasoning
+  model is silent the relay sends an SSE comment (``: keep-alive``) every
+  ``keepalive`` seconds; the failing write cancels the request, and the pump's
+  cancel scope closes the upstream connection at once.
+- **Coalescing.** Everything already received is forwarded in one write, so a
+  relay that falls behind under load catches up instead of queueing one write
+  per event; nothing is ever held back to wait for more.
+- **Cancel safety.** Reading upstream is never interrupted by a timeout, so
+  no upstream byte is lost or duplicated.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
+
+import httpx2 as httpx
+import trio
+
+from tokn_router.api.relay import RequestLog
+
+log = logging.getLogger("tokn_router.api")
+
+KEEPALIVE = b": keep-alive\n\n"
+Spawn = Callable[[Callable[[], Any]], None]
+
+
+class StreamTransform(Protocol):
+    """Turns upstream body bytes into client bytes (sans-I/O)."""
+
+    first_content: bool
+
+    def feed(self, data: bytes) -> bytes: ...
+
+    def flush(self) -> bytes: ...
+
+    def fail(self, message: str) -> bytes:
+        """Bytes that tell the client the stream broke (an error event)."""
+        ...
+
+
+async def relay_stream(
+    spawn: Spawn,
+    resp: httpx.Response,
+    transform: StreamTransform,
+    rlog: RequestLog,
+    *,
+    keepalive: float,
+    on_done: Callable[[], None],
+) -> AsyncIterator[bytes]:
+    """The client body of a streamed response; ``on_done`` runs exactly once at the end."""
+    send, recv = trio.open_memory_channel[bytes](64)
+    pump_scope = trio.CancelScope()
+    pump_done = trio.Event()
+    failure: list[BaseException] = []
+
+    async def pump() -> None:
+        try:
+            with pump_scope:
+                async with send:
+                    async for chunk in resp.aiter_bytes():
+                        await send.send(chunk)
+        except httpx.HTTPError as e:
+            failure.append(e)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the client side is gone
+        finally:
+            with trio.CancelScope(shield=True):
+                await resp.aclose()
+            pump_done.set()
+
+    spawn(pump)
+    try:
+        with recv:
+            while True:
+                with trio.move_on_after(keepalive) as idle:
+                    try:
+                        chunk = await recv.receive()
+                    except trio.EndOfChannel:
+                        break
+                if idle.cancelled_caught:
+                    log.debug("keepalive %s", rlog.request_id)
+                    yield KEEPALIVE
+                    continue
+                parts = [chunk]
+                while True:
+                    try:
+                        parts.append(recv.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                out = transform.feed(parts[0] if len(parts) == 1 else b"".join(parts))
+                if rlog.ttft_ms is None and transform.first_content:
+                    rlog.mark_first_token()
+                if out:
+                    yield out
+        await pump_done.wait()
+        tail = transform.flush()
+        if failure:
+            e = failure[0]
+            # After the first byte there is no failover: say so in the stream
+            # instead of ending it as if it were complete.
+            rlog.error = f"upstream stream failed: {type(e).__name__}: {e}"[:500]
+            log.warning("request %s: %s", rlog.request_id, rlog.error)
+            tail += transform.fail(rlog.error)
+        if tail:
+            yield tail
+    except trio.Cancelled:
+        log.debug("cancelled %s", rlog.request_id)
+        rlog.error = rlog.error or "client disconnected"
+        raise
+    finally:
+        pump_scope.cancel()
+        with trio.CancelScope(shield=True):
+            await pump_done.wait()
+        on_done()

@@ -1,0 +1,285 @@
+"""Reading the ledger: the report behind ``tokn-router usage``.
+
+A report is totals plus one line per (account, model) over the requests whose
+``ts`` is at or after ``since``. Counted per line: requests, errors (an error
+text was recorded, or the status sent was 0 or >= 400), input / output /
+cached / reasoning tokens (unknown counts add nothing) and the p50 latency
+(nearest rank over the requests that have one).
+
+:func:`report_json` is the stable ``--json`` format (``"format": 1``)::
+
+    {
+      "format": 1,
+      "database": "/home/me/.config/tokn-router/usage.db",
+      "database_exists": true,
+      "since": "2026-05-01T10:00:00+00:00",   # UTC, or null for all time
+      "since_ts": 1777629600,                 # unix seconds, or null
+      "account": "personal",                  # the --account filter, or null
+      "totals": {STATS},
+      "by_account_model": [                   # sorted by account_id, then model
+        {"account_id": "personal", "model": "gpt-4.1", STATS...}
+      ]
+    }
+
+where STATS is ``"requests", "errors", "input_tokens", "output_tokens",
+"cached_tokens", "reasoning_tokens"`` (integers) and ``"p50_latency_ms"``
+(a number, or null when no request has a latency). ``account_id`` is null
+for requests no account served (e.g. every account cooling down). New keys
+may be added; existing ones keep their name and meaning while ``format`` is 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import sqlite3
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tokn_router.errors import UsageError
+from tokn_router.usage.schema import read_transaction
+
+JSON_FORMAT = 1
+
+_DURATION_RE = re.compile(r"(\d+)\s*([smhdw])")
+_UNIT_SECS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_since(value: str, *, now: float | None = None) -> int:
+    """``30m``, ``24h``, ``7d``, ``2w`` (back from now) or an ISO date/time → unix seconds.
+
+    An ISO value without an offset is local time (``2026-01-31`` is local
+    midnight); ``Z`` or ``+02:00`` are honoured. Anything else is a
+    :class:`UsageError` (exit code 2).
+    """
+    text = value.strip()
+    m = _DURATION_RE.fullmatch(text.lower())
+    if m:
+        now = time.time() if now is None else now
+        return math.floor(now - int(m.group(1)) * _UNIT_SECS[m.group(2)])
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(
+            f"invalid --since '{value}': use a duration such as 30m, 24h, 7d or 2w, "
+            "or an ISO date such as 2026-01-31 or 2026-01-31T09:00"
+        ) from None
+    if when.tzinfo is None:
+        when = when.astimezone()  # naive = local time
+    return math.floor(when.timestamp())
+
+
+def since_label(value: str) -> str | None:
+    """``"last 24h"`` for a duration, None for a date (the start time says it all)."""
+    text = value.strip().lower()
+    return f"last {text}" if _DURATION_RE.fullmatch(text) else None
+
+
+@dataclasses.dataclass
+class Stats:
+    requests: int = 0
+    errors: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    p50_latency_ms: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class Group:
+    account_id: str | None
+    model: str
+    stats: Stats
+
+
+@dataclasses.dataclass
+class Report:
+    database: Path
+    database_exists: bool
+    since_ts: int | None
+    account: str | None
+    totals: Stats
+    groups: list[Group]
+
+
+_ERROR_SQL = "(request_error IS NOT NULL OR status = 0 OR status >= 400)"
+
+
+def _usage(key: str) -> str:
+    # json_valid() first: one hand-edited or foreign row must not break the report.
+    return (
+        f"COALESCE(SUM(CASE WHEN json_valid(usage_json) "
+        f"THEN json_extract(usage_json, '$.{key}') END), 0)"
+    )
+
+
+def p50(sorted_values: list[float]) -> float | None:
+    """Nearest-rank median: an observed value, the lower one of an even count."""
+    if not sorted_values:
+        return None
+    return sorted_values[math.ceil(len(sorted_values) / 2) - 1]
+
+
+def query(
+    conn: sqlite3.Connection,
+    database: Path,
+    *,
+    since_ts: int | None = None,
+    account: str | None = None,
+) -> Report:
+    """Build the report from an open ledger (see :func:`schema.open_readonly`)."""
+    where: list[str] = []
+    params: list[Any] = []
+    if since_ts is not None:
+        where.append("ts >= ?")
+        params.append(since_ts)
+    if account is not None:
+        where.append("account_id = ?")
+        params.append(account)
+    where_sql = f"WHERE {' AND '.join(where)}" if where else ""
+    groups: dict[tuple[str | None, str], Stats] = {}
+    latencies: dict[tuple[str | None, str], list[float]] = {}
+    all_latencies: list[float] = []
+    with read_transaction(conn):  # both SELECTs see the same rows
+        for row in conn.execute(
+            f"SELECT account_id, model, COUNT(*), SUM(CASE WHEN {_ERROR_SQL} THEN 1 ELSE 0 END), "
+            f"{_usage('input')}, {_usage('output')}, {_usage('cache_read')}, "
+            f"{_usage('reasoning')} FROM requests {where_sql} "
+            "GROUP BY account_id, model ORDER BY account_id, model",
+            params,
+        ):
+            groups[(row[0], row[1])] = Stats(*(int(v) for v in row[2:8]))
+        # Sorted globally, so every group's list comes out sorted too.
+        for account_id, model, latency in conn.execute(
+            "SELECT account_id, model, lat FROM (SELECT account_id, model, "
+            "CASE WHEN json_valid(ctx_json) THEN json_extract(ctx_json, '$.latency_ms') END "
+            f"AS lat FROM requests {where_sql}) WHERE lat IS NOT NULL ORDER BY lat",
+            params,
+        ):
+            latencies.setdefault((account_id, model), []).append(latency)
+            all_latencies.append(latency)
+    totals = Stats()
+    for key, stats in groups.items():
+        stats.p50_latency_ms = p50(latencies.get(key, []))
+        totals.requests += stats.requests
+        totals.errors += stats.errors
+        totals.input_tokens += stats.input_tokens
+        totals.output_tokens += stats.output_tokens
+        totals.cached_tokens += stats.cached_tokens
+        totals.reasoning_tokens += stats.reasoning_tokens
+    totals.p50_latency_ms = p50(all_latencies)
+    return Report(
+        database=database,
+        database_exists=True,
+        since_ts=since_ts,
+        account=account,
+        totals=totals,
+        groups=[Group(a, m, s) for (a, m), s in groups.items()],
+    )
+
+
+def empty_report(database: Path, *, since_ts: int | None, account: str | None) -> Report:
+    return Report(database, False, since_ts, account, Stats(), [])
+
+
+def report_json(report: Report) -> dict[str, Any]:
+    """The ``--json`` object (format documented in this module's docstring)."""
+    since = (
+        datetime.fromtimestamp(report.since_ts, UTC).isoformat()
+        if report.since_ts is not None
+        else None
+    )
+    return {
+        "format": JSON_FORMAT,
+        "database": str(report.database),
+        "database_exists": report.database_exists,
+        "since": since,
+        "since_ts": report.since_ts,
+        "account": report.account,
+        "totals": report.totals.as_dict(),
+        "by_account_model": [
+            {"account_id": g.account_id, "model": g.model, **g.stats.as_dict()}
+            for g in report.groups
+        ],
+    }
+
+
+def _n(value: int) -> str:
+    return f"{value:,}"
+
+
+def _count(value: int, noun: str) -> str:
+    return f"{value:,} {noun}" + ("" if value == 1 else "s")
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f} ms"
+
+
+def format_text(report: Report, *, since_label: str | None = None) -> str:
+    """The human-readable report: a header, the totals, the per account/model table.
+
+    ``since_label`` is shown after the start time, e.g. ``"last 24h"``.
+    """
+    if report.since_ts is None:
+        since = "all time"
+    else:
+        local = datetime.fromtimestamp(report.since_ts).astimezone()
+        since = local.strftime("%Y-%m-%d %H:%M:%S %z")
+        if since_label:
+            since += f" ({since_label})"
+    lines = [f"Usage ledger: {report.database}", f"Since: {since}"]
+    if report.account is not None:
+        lines.append(f"Account: {report.account}")
+    t = report.totals
+    lines.append(
+        f"Total: {_count(t.requests, 'request')}, {_count(t.errors, 'error')}, "
+        f"{_n(t.input_tokens)} input tokens, {_n(t.output_tokens)} output tokens, "
+        f"p50 latency {_ms(t.p50_latency_ms)}"
+    )
+    if not report.groups:
+        lines.append("No requests recorded in this period.")
+        return "\n".join(lines)
+    header = ("ACCOUNT", "MODEL", "REQUESTS", "ERRORS", "INPUT", "OUTPUT", "P50 LATENCY")
+    table = [header] + [
+        (
+            g.account_id if g.account_id is not None else "-",
+            g.model,
+            _n(g.stats.requests),
+            _n(g.stats.errors),
+            _n(g.stats.input_tokens),
+            _n(g.stats.output_tokens),
+            _ms(g.stats.p50_latency_ms),
+        )
+        for g in report.groups
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines.append("")
+    for row in table:
+        cells = [
+            cell.ljust(widths[i]) if i < 2 else cell.rjust(widths[i]) for i, cell in enumerate(row)
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+__all__ = [
+    "JSON_FORMAT",
+    "Group",
+    "Report",
+    "Stats",
+    "empty_report",
+    "format_text",
+    "p50",
+    "parse_since",
+    "query",
+    "report_json",
+    "since_label",
+]

@@ -1,0 +1,322 @@
+"""Daemon lifecycle, request guards, disconnects, signals, reloads and outbound proxies."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import threading
+
+import httpx
+import pytest
+
+from tests.fakes.upstream import FakeUpstream
+
+CHAT = "/chat/completions"
+
+
+def chat_body(**extra: object) -> dict:
+    return {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}], **extra}
+
+
+@pytest.fixture
+def one_account(fake: FakeUpstream, write_config) -> None:
+    write_config({"accounts": [fake.copilot_account("alice", "gho_alice")]})
+
+
+def _err(r: httpx.Response) -> dict:
+    body = r.json()
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    return body["error"]
+
+
+def test_request_errors_are_openai_shaped(one_account: None, daemon) -> None:
+    d = daemon()
+    url = d.url + "/v1/chat/completions"
+    r = httpx.post(url, content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "malformed JSON" in _err(r)["message"]
+    r = httpx.post(url, json={"messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 400 and _err(r)["param"] == "model"
+    r = httpx.post(url, json={"model": "gpt-4.1"})
+    assert r.status_code == 400 and _err(r)["param"] == "messages"
+    r = httpx.post(url, content=b"model=x", headers={"content-type": "text/plain"})
+    assert r.status_code == 415
+    _err(r)
+    r = httpx.post(url, json=chat_body(model="no-such-model"))
+    assert r.status_code == 404
+    err = _err(r)
+    assert err["code"] == "model_not_found" and "no-such-model" in err["message"]
+    r = httpx.post(url, json=[1, 2])
+    assert r.status_code == 400
+    r = httpx.get(d.url + "/v1/nothing-here")
+    assert r.status_code == 404
+    _err(r)
+    r = httpx.post(url, json=chat_body(), headers={"X-Route-Mode": "passthrough"})
+    assert r.status_code == 400 and "proxy" in _err(r)["message"]
+
+
+def test_body_over_limit_is_413(fake: FakeUpstream, write_config, daemon) -> None:
+    write_config(
+        {
+            "server": {"max_body_bytes": 4096},
+            "accounts": [fake.copilot_account("alice", "gho_alice")],
+        }
+    )
+    d = daemon()
+    big = chat_body(messages=[{"role": "user", "content": "x" * 10000}])
+    r = httpx.post(d.url + "/v1/chat/completions", json=big)
+    assert r.status_code == 413
+    _err(r)
+    assert fake.requests_to(CHAT) == []
+
+
+def test_default_limit_is_32_mib(one_account: None, daemon) -> None:
+    d = daemon()
+    payload = (
+        b'{"model":"gpt-4.1","messages":[{"role":"user","content":"'
+        + b"x" * (33 * 1024 * 1024)
+        + b'"}]}'
+    )
+    r = httpx.post(
+        d.url + "/v1/chat/completions",
+        content=payload,
+        headers={"content-type": "application/json"},
+        timeout=60,
+    )
+    assert r.status_code == 413
+
+
+def test_no_accounts_starts_and_explains(write_config, daemon) -> None:
+    write_config({})
+    d = daemon()
+    assert "tokn-router login" in d.stdout_text
+    assert httpx.get(d.url + "/v1/models").json() == {"object": "list", "data": []}
+    r = httpx.post(d.url + "/v1/chat/completions", json=chat_body())
+    assert r.status_code == 503
+    assert "tokn-router login" in _err(r)["message"]
+    assert r.headers["retry-after"]
+
+
+def test_dns_rebinding_guard(one_account: None, daemon) -> None:
+    d = daemon()
+    r = httpx.get(d.url + "/healthz", headers={"Host": "evil.example.com"})
+    assert r.status_code == 403
+    for host in ("localhost", "127.0.0.1", "[::1]", f"localhost:{d.url.rsplit(':', 1)[1]}"):
+        assert httpx.get(d.url + "/healthz", headers={"Host": host}).status_code == 200
+
+
+def test_non_loopback_bind_refused(one_account: None, daemon) -> None:
+    d = daemon("--host", "0.0.0.0", ready=False)
+    assert d.wait_exit(15) == 2
+    err = [line for line in d.stderr_text.splitlines() if line.strip()]
+    assert len(err) == 1 and "--insecure-allow-remote" in err[0]
+
+
+def test_non_loopback_bind_allowed_with_flag(one_account: None, daemon) -> None:
+    d = daemon("--host", "0.0.0.0", "--insecure-allow-remote")
+    port = d.url.rsplit(":", 1)[1]
+    r = httpx.get(f"http://127.0.0.1:{port}/healthz", headers={"Host": "192.0.2.1"})
+    assert r.status_code == 200  # no Host guard on a deliberate remote bind
+
+
+def test_bind_failure_is_one_line(one_account: None, daemon) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        d = daemon("--port", str(port), ready=False, cmd=("serve",))
+        assert d.wait_exit(15) == 1
+    err = [line for line in d.stderr_text.splitlines() if "error" in line.lower()]
+    assert len(err) == 1 and f"127.0.0.1:{port}" in err[0]
+    assert "Traceback" not in d.stderr_text
+
+
+def test_client_disconnect_cancels_upstream(fake: FakeUpstream, write_config, daemon) -> None:
+    # upstream falls silent after two pieces: the keep-alive write notices the client is gone
+    write_config(
+        {
+            "server": {"sse_keepalive_secs": 0.3},
+            "accounts": [fake.copilot_account("alice", "gho_alice")],
+        }
+    )
+    d = daemon()
+    fake.script(CHAT, chunks=6, hang_after=2)
+    with httpx.stream(
+        "POST", d.url + "/v1/chat/completions", json=chat_body(stream=True), timeout=20
+    ) as r:
+        it = r.iter_lines()
+        got = [next(it) for _ in range(3)]
+        assert any("chunk0" in line for line in got)
+    # the client went away: the daemon must drop the upstream request at once
+    fake.wait_disconnect(1, timeout=10)
+
+
+def test_disconnect_while_streaming_closes_upstream(
+    fake: FakeUpstream, one_account: None, daemon
+) -> None:
+    d = daemon()
+    fake.script(CHAT, chunks=200, chunk_delay=0.05)
+    with httpx.stream(
+        "POST", d.url + "/v1/chat/completions", json=chat_body(stream=True), timeout=20
+    ) as r:
+        it = r.iter_lines()
+        next(it)
+    fake.wait_disconnect(1, timeout=10)
+    assert not fake.last(CHAT).completed
+
+
+def test_mid_stream_drop_ends_with_an_error_event(
+    fake: FakeUpstream, one_account: None, daemon
+) -> None:
+    d = daemon()
+    fake.script(CHAT, chunks=6, drop_after=2)
+    with httpx.stream(
+        "POST", d.url + "/v1/chat/completions", json=chat_body(stream=True), timeout=20
+    ) as r:
+        lines = [line for line in r.iter_lines() if line.startswith("data: ")]
+    last = json.loads(lines[-1][6:])
+    assert "error" in last and "upstream" in last["error"]["message"]
+    assert "chunk0" in "".join(lines)
+
+
+def test_openai_sdk_sees_mid_stream_failure(fake: FakeUpstream, one_account: None, daemon) -> None:
+    import openai
+
+    d = daemon()
+    fake.script(CHAT, chunks=6, drop_after=2)
+    client = openai.OpenAI(base_url=d.url + "/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.APIError):
+        for _ in client.chat.completions.create(**chat_body(stream=True)):
+            pass
+
+
+def test_sigterm_lets_in_flight_stream_finish(
+    fake: FakeUpstream, one_account: None, daemon
+) -> None:
+    d = daemon()
+    fake.script(CHAT, chunks=8, chunk_delay=0.15)
+    lines: list[str] = []
+    first = threading.Event()
+
+    def consume() -> None:
+        with httpx.stream(
+            "POST", d.url + "/v1/chat/completions", json=chat_body(stream=True), timeout=30
+        ) as r:
+            for line in r.iter_lines():
+                lines.append(line)
+                if "chunk0" in line:
+                    first.set()
+
+    t = threading.Thread(target=consume)
+    t.start()
+    assert first.wait(15)
+    d.send_signal(signal.SIGTERM)
+    t.join(30)
+    assert d.wait_exit(20) == 0
+    text = "\n".join(lines)
+    assert "chunk7" in text and "data: [DONE]" in text
+
+
+def test_sighup_reloads_accounts(fake: FakeUpstream, write_config, daemon) -> None:
+    write_config({"accounts": [fake.copilot_account("alice", "gho_alice")]})
+    d = daemon()
+    write_config(
+        {
+            "accounts": [
+                fake.copilot_account("alice", "gho_alice"),
+                fake.copilot_account("bob", "gho_bob"),
+            ]
+        }
+    )
+    pos = d.output_pos("stderr")
+    d.send_signal(signal.SIGHUP)
+    d.wait_output(r"accounts reloaded: \+bob", stream="stderr", start=pos)
+    ids = {a["id"] for a in httpx.get(d.url + "/healthz").json()["accounts"]}
+    assert ids == {"alice", "bob"}
+    for _ in range(4):
+        httpx.post(d.url + "/v1/chat/completions", json=chat_body(), timeout=20)
+    assert {r.login for r in fake.requests_to(CHAT)} == {"alice", "bob"}
+
+
+def test_config_edit_reloads_without_dropping_streams(
+    fake: FakeUpstream, write_config, daemon
+) -> None:
+    write_config({"accounts": [fake.copilot_account("alice", "gho_alice")]})
+    d = daemon()
+    fake.script(CHAT, chunks=6, chunk_delay=0.2)
+    with httpx.stream(
+        "POST", d.url + "/v1/chat/completions", json=chat_body(stream=True), timeout=30
+    ) as r:
+        it = r.iter_lines()
+        next(it)
+        pos = d.output_pos("stderr")
+        write_config({"accounts": [fake.copilot_account("bob", "gho_bob")]})
+        d.wait_output(r"accounts reloaded", stream="stderr", start=pos)
+        rest = "\n".join(it)
+    assert "chunk5" in rest and "[DONE]" in rest
+    httpx.post(d.url + "/v1/chat/completions", json=chat_body(), timeout=20)
+    assert fake.last(CHAT).login == "bob"
+
+
+def test_broken_config_edit_keeps_serving(fake: FakeUpstream, write_config, daemon) -> None:
+    write_config({"accounts": [fake.copilot_account("alice", "gho_alice")]})
+    d = daemon()
+    pos = d.output_pos("stderr")
+    write_config("[server\nbroken")
+    d.wait_output(r"config reload failed", stream="stderr", start=pos)
+    r = httpx.post(d.url + "/v1/chat/completions", json=chat_body(), timeout=20)
+    assert r.status_code == 200
+
+
+@pytest.mark.parametrize("kind", ["http", "socks5", "socks5h"])
+def test_outbound_proxy_carries_upstream_traffic(
+    fake: FakeUpstream, write_config, daemon, http_proxy, socks_proxy, kind: str
+) -> None:
+    proxy = http_proxy if kind == "http" else socks_proxy
+    # a name only the proxy can resolve proves the proxy did the connecting
+    proxy.hosts["copilot.upstream.test"] = "127.0.0.1"
+    base = f"http://copilot.upstream.test:{fake.port}"
+    acc = fake.copilot_account(
+        "alice", "gho_alice", base_url=base, refresh_url=base + "/copilot_internal/v2/token"
+    )
+    url = proxy.url if kind != "socks5h" else proxy.url.replace("socks5://", "socks5h://")
+    write_config({"proxy": {"url": url}, "accounts": [acc]})
+    d = daemon()
+    r = httpx.post(d.url + "/v1/chat/completions", json=chat_body(), timeout=20)
+    assert r.status_code == 200, r.text
+    hosts = {rec.host for rec in proxy.records}
+    assert "copilot.upstream.test" in hosts
+
+
+def test_no_proxy_flag_and_list_bypass(
+    fake: FakeUpstream, write_config, daemon, http_proxy
+) -> None:
+    write_config(
+        {
+            "proxy": {"url": http_proxy.url, "no_proxy": ["127.0.0.1"]},
+            "accounts": [fake.copilot_account("alice", "gho_alice")],
+        }
+    )
+    d = daemon()
+    assert (
+        httpx.post(d.url + "/v1/chat/completions", json=chat_body(), timeout=20).status_code == 200
+    )
+    assert http_proxy.records == []
+    write_config(
+        {
+            "proxy": {"url": "http://127.0.0.1:9"},
+            "accounts": [fake.copilot_account("alice", "gho_alice")],
+        }
+    )
+    d2 = daemon("--no-proxy")
+    assert (
+        httpx.post(d2.url + "/v1/chat/completions", json=chat_body(), timeout=20).status_code == 200
+    )
+
+
+def test_tls_upstream_trusts_ssl_cert_file(fake_tls: FakeUpstream, write_config, daemon) -> None:
+    acc = fake_tls.copilot_account("alice", "gho_alice")
+    write_config({"accounts": [acc]})
+    d = daemon(env={"TOKN_ROUTER_GITHUB_API_URL": fake_tls.url})
+    r = httpx.post(d.url + "/v1/chat/completions", json=chat_body(), timeout=20)
+    assert r.status_code == 200, r.text
