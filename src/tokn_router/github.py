@@ -75,7 +75,8 @@ async def request_device_code(client: httpx.AsyncClient, cfg: GithubConfig) -> D
         user_code=str(data["user_code"]),
         verification_uri=str(data.get("verification_uri") or github_url(cfg) + "/login/device"),
         expires_in=int(data.get("expires_in") or 900),
-        interval=int(data.get("interval") or 5),
+        # honour the server's interval, 0 included (test servers); GitHub's default is 5
+        interval=int(data["interval"]) if isinstance(data.get("interval"), (int, float)) else 5,
     )
 
 
@@ -121,7 +122,9 @@ async def poll_access_token(
         elif err == "slow_down":
             interval = float(data.get("interval") or interval + 5)
         elif err == "expired_token":
-            raise DeviceFlowError("the device code expired before it was authorised; run login again")
+            raise DeviceFlowError(
+                "the device code expired before it was authorised; run login again"
+            )
         elif err == "access_denied":
             raise DeviceFlowError("authorisation was denied on GitHub")
         elif err:
@@ -133,7 +136,9 @@ async def poll_access_token(
                 status=resp.status_code,
             )
         if trio.current_time() > deadline:
-            raise DeviceFlowError("the device code expired before it was authorised; run login again")
+            raise DeviceFlowError(
+                "the device code expired before it was authorised; run login again"
+            )
 
 
 # ---------------------------------------------------------------- Copilot token
@@ -191,13 +196,17 @@ async def exchange_copilot_token(
     api_base = (endpoints or {}).get("api")
     return Credential(
         token=token,
-        expires_at=int(expires_at) if isinstance(expires_at, (int, float)) else int(time.time()) + 1500,
+        expires_at=int(expires_at)
+        if isinstance(expires_at, (int, float))
+        else int(time.time()) + 1500,
         refresh_in=int(refresh_in) if isinstance(refresh_in, (int, float)) else None,
         api_base=api_base if isinstance(api_base, str) else None,
     )
 
 
-async def get_user(client: httpx.AsyncClient, cfg: GithubConfig, github_token: str) -> dict[str, Any]:
+async def get_user(
+    client: httpx.AsyncClient, cfg: GithubConfig, github_token: str
+) -> dict[str, Any]:
     url = api_url(cfg) + "/user"
     resp = await client.get(
         url, headers={"Authorization": f"token {github_token}", "Accept": "application/json"}

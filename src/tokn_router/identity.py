@@ -54,8 +54,17 @@ def classify_responses(items: Any) -> Initiator:
         role = item.get("role")
         if role in ("system", "developer"):
             continue
-        if kind in ("function_call_output", "function_call", "custom_tool_call",
-                    "custom_tool_call_output", "reasoning") or role == "assistant":
+        if (
+            kind
+            in (
+                "function_call_output",
+                "function_call",
+                "custom_tool_call",
+                "custom_tool_call_output",
+                "reasoning",
+            )
+            or role == "assistant"
+        ):
             return "agent"
         return "user"
     return "user"
@@ -71,8 +80,10 @@ def classify_messages(messages: Any) -> Initiator:
     if last.get("role") == "assistant":
         return "agent"
     content = last.get("content")
-    if isinstance(content, list) and content and all(
-        isinstance(b, Mapping) and b.get("type") == "tool_result" for b in content
+    if (
+        isinstance(content, list)
+        and content
+        and all(isinstance(b, Mapping) and b.get("type") == "tool_result" for b in content)
     ):
         return "agent"
     return "user"
@@ -102,6 +113,10 @@ def has_image(messages: Any) -> bool:
         if not isinstance(msg, Mapping):
             continue
         for part in _parts(msg.get("content")):
-            if isinstance(part, Mapping) and part.get("type") in ("image_url", "input_image", "image"):
+            if isinstance(part, Mapping) and part.get("type") in (
+                "image_url",
+                "input_image",
+                "image",
+            ):
                 return True
     return False

@@ -35,7 +35,10 @@ Spawn = Callable[[Callable[[], Any]], None]
 class StreamTransform(Protocol):
     """Turns upstream body bytes into client bytes (sans-I/O)."""
 
-    first_content: bool
+    @property
+    def first_content(self) -> bool:
+        """True once content (not just preamble) went through: time to first token."""
+        ...
 
     def feed(self, data: bytes) -> bytes: ...
 

@@ -33,6 +33,7 @@ app = App(
     backend="trio",
     error_formatter=_format_cyclopts_error,
     help_formatter="plain",
+    suppress_keyboard_interrupt=False,  # main() reports Ctrl-C as "interrupted", exit 130
 )
 
 # Command modules register themselves on import. Later features add theirs here.

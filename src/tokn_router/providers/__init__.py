@@ -6,9 +6,7 @@ from tokn_router.providers.base import Credential, Provider, RequestInfo
 from tokn_router.providers.copilot import CopilotProvider
 from tokn_router.providers.zai import ZAI_PROVIDERS
 
-PROVIDERS: dict[str, Provider] = {
-    p.id: p for p in (CopilotProvider(), *ZAI_PROVIDERS)
-}
+PROVIDERS: dict[str, Provider] = {p.id: p for p in (CopilotProvider(), *ZAI_PROVIDERS)}
 
 
 def get(provider_id: str) -> Provider:

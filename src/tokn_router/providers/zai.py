@@ -59,7 +59,9 @@ _ZHIPU_MODELS = (*_ZAI_MODELS, "glm-4.6v")
 # Each id defaults to its own endpoint (models.dev provider.toml); a Zhipu key
 # does not work on api.z.ai, so one shared default would fail for half of them.
 ZAI_PROVIDERS: tuple[ZaiProvider, ...] = (
-    ZaiProvider("zai-coding-plan", "Z.AI Coding Plan", CODING_BASE_INTL, ("api.z.ai",), _ZAI_MODELS),
+    ZaiProvider(
+        "zai-coding-plan", "Z.AI Coding Plan", CODING_BASE_INTL, ("api.z.ai",), _ZAI_MODELS
+    ),
     ZaiProvider("zai", "Z.AI", "https://api.z.ai/api/paas/v4", ("api.z.ai",), _ZAI_MODELS),
     ZaiProvider(
         "zhipuai-coding-plan",
