@@ -175,3 +175,50 @@ class ChatStreamRelay:
             self.usage = chunk.usage
             return self._drop_usage and not chunk.choices
         return False
+
+
+def _event_name(event: bytes) -> bytes | None:
+    if not event.startswith(b"event:") and b"\nevent:" not in event:
+        return None
+    for line in event.splitlines():
+        if line.startswith(b"event:"):
+            return line[6:].strip()
+    return None
+
+
+class EventScanner:
+    """Split an SSE byte stream into complete events: ``(event name, data payload)``.
+
+    Fed the bytes as they arrive (any split); used to read usage out of
+    native Responses / Messages streams that are otherwise relayed unchanged.
+    """
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[bytes | None, bytes]]:
+        buf = self._buf
+        buf += data
+        out: list[tuple[bytes | None, bytes]] = []
+        pos = 0
+        while True:
+            end, sep = _event_end(buf, pos)
+            if end == -1:
+                break
+            event = bytes(buf[pos:end])
+            payload = _data_payload(event)
+            if payload:
+                out.append((_event_name(event), payload))
+            pos = end + sep
+        del buf[:pos]
+        return out
+
+    def flush(self) -> list[tuple[bytes | None, bytes]]:
+        tail = bytes(self._buf).strip()
+        self._buf.clear()
+        if not tail:
+            return []
+        payload = _data_payload(tail)
+        return [(_event_name(tail), payload)] if payload else []

@@ -52,6 +52,7 @@ class Services:
     report: Callable[[RequestLog], None]
     spawn: Spawn
     loopback_only: bool = True
+    lan: Any = None  # api.lan.LanInfo in LAN mode
     started: float = field(default_factory=time.time)
     health_extra: Callable[[], dict[str, Any]] = lambda: {}
 
@@ -117,6 +118,8 @@ def create_app(svc: Services) -> QuartTrio:
 
     @app.before_request
     async def _guard() -> Response | None:
+        if from_proxy():
+            return None  # the MITM proxy already decided this request is ours to serve
         if svc.loopback_only and not is_loopback_host(request.headers.get("host", "")):
             # DNS-rebinding guard: a page on evil.example resolving to 127.0.0.1
             # must not reach the API through the victim's browser.
@@ -174,7 +177,30 @@ def create_app(svc: Services) -> QuartTrio:
     async def chat_completions() -> Response:
         return await handle_chat(svc, "/v1/chat/completions")
 
+    # Feature modules add their routes here (agent APIs, LAN bootstrap).
+    from tokn_router.api import agents, lan
+
+    agents.register(app, svc)
+    lan.register(app, svc)
     return app
+
+
+PROXY_SCOPE_KEY = "tokn_router"
+
+
+def from_proxy() -> bool:
+    """Whether the current request came through the MITM proxy (ASGI scope extension)."""
+    return PROXY_SCOPE_KEY in request.scope.get("extensions", {})
+
+
+def new_log(endpoint: str) -> RequestLog:
+    """A RequestLog for the current request, marked with its source (api or proxy)."""
+    ext = request.scope.get("extensions", {}).get(PROXY_SCOPE_KEY)
+    if ext:
+        return RequestLog(
+            endpoint=endpoint, source="proxy", route_mode=ext.get("route_mode", "route")
+        )
+    return RequestLog(endpoint=endpoint)
 
 
 def model_block(st: AccountState, model_id: str) -> dict[str, Any]:
@@ -207,11 +233,12 @@ def check_route_mode(default: str) -> str:
     )
 
 
-async def handle_chat(svc: Services, endpoint: str, *, source: str = "api") -> Response:
+async def handle_chat(svc: Services, endpoint: str) -> Response:
     cfg = svc.config()
-    rlog = RequestLog(endpoint=endpoint, source=source)
+    rlog = new_log(endpoint)
     try:
-        rlog.route_mode = check_route_mode(cfg.server.route_mode)
+        if rlog.source == "api":
+            rlog.route_mode = check_route_mode(cfg.server.route_mode)
         body = await read_json_body(cfg.server.max_body_bytes)
         model = body.get("model")
         if not isinstance(model, str) or not model:
