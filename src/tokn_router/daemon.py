@@ -19,6 +19,8 @@ exits 0.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import ipaddress
 import logging
 import os
@@ -45,12 +47,21 @@ log = logging.getLogger("tokn_router.daemon")
 
 @dataclass(frozen=True)
 class ServeOptions:
+    """What `serve` and `proxy start` ask of the daemon.
+
+    ``api=False`` runs the MITM proxy alone (``tokn-router proxy start``); the
+    API app still exists in-process to serve route-mode requests.
+    """
+
     config_path: Path
-    host: str | None = None
+    host: str | None = None  # API listener (and, in LAN mode, the proxy too)
     port: int | None = None
     no_proxy: bool = False
     insecure_allow_remote: bool = False
+    api: bool = True
     with_proxy: bool = False
+    proxy_host: str | None = None  # default [proxy_mode] host, or --host in LAN mode
+    proxy_port: int | None = None
     proxy_route_mode: str | None = None
 
 
@@ -96,7 +107,14 @@ class Daemon:
         self.cfg: Config = self.file.load()
         self.host = opts.host or self.cfg.server.host
         self.port = self.cfg.server.port if opts.port is None else opts.port
-        check_bind(self.host, opts.insecure_allow_remote)
+        if opts.api:
+            check_bind(self.host, opts.insecure_allow_remote)
+        # In LAN mode (--host) the proxy listens on the same interface as the API.
+        self.proxy_host = opts.proxy_host or opts.host or self.cfg.proxy_mode.host
+        self.proxy_port = self.cfg.proxy_mode.port if opts.proxy_port is None else opts.proxy_port
+        if opts.with_proxy:
+            check_bind(self.proxy_host, opts.insecure_allow_remote, "proxy host")
+        self.lan_mode = opts.api and not is_loopback_bind(self.host)
         config_mod.ensure_state_dir(opts.config_path.parent)
         self.proxy_setting = ProxySetting.from_config(self.cfg.proxy, disabled=opts.no_proxy)
         self.client = make_client(self.proxy_setting, self.cfg.upstream)
@@ -107,6 +125,8 @@ class Daemon:
         self._account_scopes: dict[int, trio.CancelScope] = {}
         self._services: trio.Nursery | None = None
         self._ledger: Any = None
+        self._modes: Any = None
+        self._certstore: Any = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -124,6 +144,19 @@ class Daemon:
             health_extra=self._health_extra,
         )
         app = create_app(svc)
+        if self.opts.with_proxy or self.lan_mode:
+            from tokn_router.proxy.ca import CertStore
+
+            self._certstore = CertStore(config_mod.ca_dir(self.cfg, self.opts.config_path))
+            await trio.to_thread.run_sync(self._certstore.load)
+        if self.lan_mode:
+            from tokn_router.api.lan import LanInfo
+
+            svc.lan = LanInfo(
+                proxy_port=None,
+                ca_cert_path=self._certstore.cert_path,
+                ca_sha256=self._certstore.fingerprint_sha256(),
+            )
         async with self.client, trio.open_nursery() as root:
             await root.start(self._ledger.run)
             try:
@@ -132,15 +165,88 @@ class Daemon:
                     services.start_soon(self._signals)
                     for st in self.pool.states:
                         self._start_account(st)
-                    url = await self._start_api(services, app)
-                    self._banner(url)
+                    proxy_url = None
+                    if self.opts.with_proxy:
+                        proxy_url = await self._start_proxy(services, app)
+                        if svc.lan is not None:
+                            svc.lan = dataclasses.replace(
+                                svc.lan, proxy_port=int(proxy_url.rsplit(":", 1)[1])
+                            )
+                    url = None
+                    if self.opts.api:
+                        url = await self._start_api(services, app)
+                    else:
+                        await app.startup()  # no hypercorn lifespan: run it ourselves
+                    self._banner(url, proxy_url)
                     services.start_soon(self._watch_config)
                     await self.shutdown.wait()
-                    await self._api_done.wait()
+                    if self.opts.api:
+                        await self._api_done.wait()
+                    if self._modes is not None:
+                        # proxied requests in flight get the same grace period
+                        with trio.move_on_after(self.cfg.server.shutdown_grace_secs):
+                            await self._modes.idle.wait()
                     services.cancel_scope.cancel()
             finally:
                 # every request has reported by now: let the writer flush and end
                 self._ledger.close()
+
+    async def _start_proxy(self, nursery: trio.Nursery, app: Any) -> str:
+        from tokn_router.proxy import listener
+        from tokn_router.proxy.modes import InterceptList, ProxyModes
+
+        self._modes = ProxyModes(
+            app=app,
+            config=lambda: self.cfg,
+            pool=self.pool,
+            client=self.client,
+            report=self._report,
+            default_mode=lambda: self.opts.proxy_route_mode or self.cfg.proxy_mode.route_mode,
+        )
+        intercept = InterceptList(self.cfg.proxy_mode)
+        host = self.proxy_host
+
+        def intercepts(h: str, p: int) -> bool:
+            return intercept(h, p)
+
+        try:
+            port = await nursery.start(
+                functools.partial(
+                    listener.serve_proxy,
+                    host,
+                    self.proxy_port,
+                    intercept=intercepts,
+                    handler=self._modes.handle,
+                    certstore=self._certstore,
+                    connect_upstream=self._connect_upstream(),
+                    help_text=self._proxy_help,
+                )
+            )
+        except* OSError as eg:
+            err = eg.exceptions[0]
+            reason = getattr(err, "strerror", None) or str(err)
+            raise ToknError(f"cannot listen on {host}:{self.proxy_port}: {reason}") from None
+        shown = f"[{host}]" if ":" in host else host
+        return f"http://{shown}:{port}"
+
+    def _connect_upstream(self) -> Any:
+        """How tunnels reach non-intercepted hosts: through [proxy] when one is set."""
+        try:
+            from tokn_router.proxy.outbound import open_upstream
+        except ImportError:
+            from tokn_router.proxy.listener import open_direct
+
+            return open_direct
+        return functools.partial(open_upstream, self.proxy_setting)
+
+    def _proxy_help(self) -> str:
+        return (
+            "tokn-router MITM proxy\n\n"
+            "Set HTTPS_PROXY to this address and trust the tokn-router CA:\n"
+            '  eval "$(tokn-router proxy env)"\n'
+            "Requests to LLM API hosts are answered by the account pool (route mode);\n"
+            "others are tunnelled untouched.\n"
+        )
 
     async def _start_api(self, nursery: trio.Nursery, app: Any) -> str:
         from hypercorn.config import Config as HConfig
@@ -171,7 +277,7 @@ class Daemon:
             raise ToknError(f"cannot listen on {host}:{self.port}: {reason}") from None
         return str(binds[0]) if binds else f"http://{host}:{self.port}"
 
-    def _banner(self, url: str) -> None:
+    def _banner(self, url: str | None, proxy_url: str | None) -> None:
         # "listening on" comes last: whoever waits for it sees the whole banner.
         states = self.pool.states
         if not states:
@@ -184,7 +290,19 @@ class Daemon:
             _say(f"account {st.id} [{st.provider.id}]{flag}")
         if self._ledger is not None and self._ledger.enabled:
             _say(f"usage ledger: {self._ledger.path}")
-        _say(f"listening on {url}")
+        if self._certstore is not None:
+            _say(f"CA certificate: {self._certstore.cert_path}")
+            _say(f"CA SHA-256 fingerprint: {self._certstore.fingerprint_sha256()}")
+        if self.lan_mode:
+            _say(
+                "LAN mode: clients bootstrap from /-/lan/bootstrap.json; verify the CA "
+                "fingerprint above before trusting it"
+            )
+        if proxy_url:
+            mode = self.opts.proxy_route_mode or self.cfg.proxy_mode.route_mode
+            _say(f"proxy listening on {proxy_url} (route mode: {mode})")
+        if url:
+            _say(f"listening on {url}")
 
     async def _signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as sigs:

@@ -306,9 +306,9 @@ class Pool:
                     out.append((st, entry))
         return out
 
-    async def wait_ready(self, timeout: float = 15.0) -> None:
+    async def wait_ready(self, limit: float = 15.0) -> None:
         """Wait (bounded) until every account finished its first refresh/model read."""
-        with trio.move_on_after(timeout):
+        with trio.move_on_after(limit):
             for st in list(self.states):
                 await st.ready.wait()
 

@@ -69,9 +69,11 @@ class ProxySetting:
         if cfg.url:
             scheme = cfg.url.split("://", 1)[0].lower() if "://" in cfg.url else ""
             if scheme not in _PROXY_SCHEMES:
+                # never echo the value: it may carry a password
                 raise ConfigError(
-                    f"proxy.url: unsupported scheme '{scheme or cfg.url}' "
-                    f"(use one of {', '.join(_PROXY_SCHEMES)})"
+                    "proxy.url must start with "
+                    + ", ".join(f"{p}://" for p in _PROXY_SCHEMES)
+                    + (f" (got '{scheme}://')" if scheme else "")
                 )
         return cls(url=cfg.url, use_env=cfg.system and not cfg.url, no_proxy=tuple(cfg.no_proxy))
 

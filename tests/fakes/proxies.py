@@ -204,6 +204,14 @@ class _BackgroundTcpServer:
     def _resolve(self, host: str) -> str:
         return self.hosts.get(host.lower(), host)
 
+    def _target(self, host: str, port: int) -> tuple[str, int]:
+        """``hosts`` may also map ``"name:443"`` to ``"127.0.0.1:PORT"`` (port rewrite)."""
+        mapped = self.hosts.get(f"{host.lower()}:{port}")
+        if mapped is not None:
+            addr, _, p = mapped.rpartition(":")
+            return addr, int(p)
+        return self._resolve(host), port
+
     async def _relay(
         self, rec: ProxyRecord, a: trio.abc.Stream, b: trio.abc.Stream, first_up: bytes = b""
     ) -> None:
@@ -321,7 +329,7 @@ class HttpProxy(_BackgroundTcpServer):
             self._changed()
             return
         try:
-            upstream = await trio.open_tcp_stream(self._resolve(rec.host), rec.port)
+            upstream = await trio.open_tcp_stream(*self._target(rec.host, rec.port))
         except OSError as e:
             rec.error = repr(e)
             self._changed()
@@ -385,7 +393,7 @@ class Socks5Proxy(_BackgroundTcpServer):
             await stream.send_all(b"\x05\x07\x00\x01\x00\x00\x00\x00\x00\x00")
             return
         try:
-            upstream = await trio.open_tcp_stream(self._resolve(host), port)
+            upstream = await trio.open_tcp_stream(*self._target(host, port))
         except OSError as e:
             rec.error = repr(e)
             self._changed()

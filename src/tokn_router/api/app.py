@@ -31,6 +31,7 @@ from tokn_router.config import Config
 from tokn_router.pool import AccountState, Pool
 from tokn_router.providers.base import RequestInfo
 from tokn_router.sse import ChatStreamRelay, completion_decoder
+from tokn_router.translate.models import resolve_model
 
 log = logging.getLogger("tokn_router.api")
 
@@ -257,7 +258,10 @@ async def handle_chat(svc: Services, endpoint: str) -> Response:
         stream = body.get("stream") is True
         rlog.stream = stream
         route = await svc.relay.route(
-            model, account_id=request.headers.get("x-tokn-account"), aliases=cfg.model_aliases
+            model,
+            account_id=request.headers.get("x-tokn-account"),
+            aliases=cfg.model_aliases,
+            resolve=resolve_model,
         )
         rlog.upstream_model = route.model
         wants_usage = False

@@ -125,6 +125,9 @@ class Route:
 
 # (account, token) -> (body bytes, headers) for one attempt
 BuildRequest = Callable[[AccountState, str], tuple[bytes, dict[str, str]]]
+# The upstream path: one for every account, or chosen per account (the agent
+# APIs go native on accounts whose model lists the endpoint, else translate).
+UpstreamPath = str | Callable[[AccountState], str]
 
 
 @dataclass(slots=True)
@@ -196,10 +199,9 @@ class Relay:
         return any(s.models for s in pending)
 
     def _unknown_model(self, requested: str, account_id: str | None) -> ApiError:
-        import difflib
+        from tokn_router.translate.models import closest_ids
 
-        known = sorted(self.pool.known_models())
-        close = difflib.get_close_matches(requested.split("/")[-1], known, n=3, cutoff=0.4)
+        close = closest_ids(requested.split("/")[-1], self.pool.known_models())
         where = f" on account '{account_id}'" if account_id else ""
         hint = f"; closest: {', '.join(close)}" if close else ""
         return ApiError(
@@ -211,7 +213,9 @@ class Relay:
 
     # --------------------------------------------------------------- sending
 
-    async def open(self, route: Route, path: str, build: BuildRequest, rlog: RequestLog) -> Opened:
+    async def open(
+        self, route: Route, path: UpstreamPath, build: BuildRequest, rlog: RequestLog
+    ) -> Opened:
         """Send to the first account that accepts; fail over before the first byte."""
         last_error = "no account was available"
         tried: list[AccountState] = []
@@ -240,7 +244,12 @@ class Relay:
         )
 
     async def _try_account(
-        self, st: AccountState, route: Route, path: str, build: BuildRequest, rlog: RequestLog
+        self,
+        st: AccountState,
+        route: Route,
+        path: UpstreamPath,
+        build: BuildRequest,
+        rlog: RequestLog,
     ) -> tuple[Opened | None, str]:
         refreshed = False
         while True:
@@ -257,7 +266,7 @@ class Relay:
                 return None, reason
             gen = st.generation
             body, headers = build(st, token)
-            url = st.base_url() + path
+            url = st.base_url() + (path if isinstance(path, str) else path(st))
             try:
                 req = self.client.build_request("POST", url, content=body, headers=headers)
                 resp = await self.client.send(req, stream=True)

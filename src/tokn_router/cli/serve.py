@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
-
-from cyclopts import Parameter
+from typing import Literal
 
 from tokn_router.cli import _context, app
 
@@ -14,6 +12,9 @@ async def serve(
     *,
     host: str | None = None,
     port: int | None = None,
+    with_proxy: bool = False,
+    proxy_port: int | None = None,
+    proxy_route_mode: Literal["route", "passthrough", "switch"] | None = None,
     no_proxy: bool = False,
     insecure_allow_remote: bool = False,
 ) -> None:
@@ -22,9 +23,16 @@ async def serve(
     Parameters
     ----------
     host
-        Address to listen on (default ``[server] host``). Non-loopback needs --insecure-allow-remote.
+        Address to listen on (default ``[server] host``). Non-loopback needs
+        --insecure-allow-remote; with --with-proxy the proxy listens there too (LAN mode).
     port
         Port to listen on (default ``[server] port``; 0 picks a free one).
+    with_proxy
+        Also run the MITM forward proxy (``[proxy_mode]``) in the same process.
+    proxy_port
+        Port of the MITM proxy (default ``[proxy_mode] port``; 0 picks a free one).
+    proxy_route_mode
+        Default route mode of the proxy listener (default ``[proxy_mode] route_mode``).
     no_proxy
         Ignore the ``[proxy]`` section (outbound proxy) for this run.
     insecure_allow_remote
@@ -38,10 +46,10 @@ async def serve(
             config_path=_context.config_path(),
             host=host,
             port=port,
+            with_proxy=with_proxy,
+            proxy_port=proxy_port,
+            proxy_route_mode=proxy_route_mode,
             no_proxy=no_proxy,
             insecure_allow_remote=insecure_allow_remote,
         )
     )
-
-
-_ = (Annotated, Literal, Parameter)

@@ -10,8 +10,6 @@ from cyclopts import Parameter
 
 from tokn_router import config
 from tokn_router.cli import _context, app
-from tokn_router.usage import queries
-from tokn_router.usage.schema import NoDatabaseError, open_readonly
 
 
 @app.command(name="usage")
@@ -48,6 +46,10 @@ def usage(
     as_json
         Print the report as JSON (format above) instead of text.
     """
+    # imported here: `tokn_router.usage` pulls in trio, which other commands need not load
+    from tokn_router.usage import queries
+    from tokn_router.usage.schema import NoDatabaseError, open_readonly
+
     since_ts = queries.parse_since(since) if since is not None else None
     cfg_path = _context.config_path()
     cfg = config.load(cfg_path)
