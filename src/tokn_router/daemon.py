@@ -117,7 +117,11 @@ class Daemon:
         self.lan_mode = opts.api and not is_loopback_bind(self.host)
         config_mod.ensure_state_dir(opts.config_path.parent)
         self.proxy_setting = ProxySetting.from_config(self.cfg.proxy, disabled=opts.no_proxy)
-        self.client = make_client(self.proxy_setting, self.cfg.upstream)
+        from tokn_router.transport import TrioH11Transport
+        from tokn_router.upstream import tls_context
+
+        self.transport = TrioH11Transport(verify=tls_context())
+        self.client = make_client(self.proxy_setting, self.cfg.upstream, direct=self.transport)
         self.pool = Pool(self.cfg)
         self.refresher = Refresher(self.pool, self.client, self.cfg.github, self._persist)
         self.relay = Relay(self.pool, self.refresher, self.client)
@@ -162,6 +166,7 @@ class Daemon:
             try:
                 async with trio.open_nursery() as services:
                     self._services = services
+                    await services.start(self.transport.run_timeouts)
                     services.start_soon(self._signals)
                     for st in self.pool.states:
                         self._start_account(st)

@@ -249,6 +249,20 @@ class TrioH11Transport(httpx.AsyncBaseTransport):
         idle.append(conn)
         self._idle_count += 1
 
+    async def run_timeouts(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run the read-timeout watchdog as a task of the caller's nursery.
+
+        The daemon starts this in its supervising nursery so the watchdog has an
+        owner; without it, the first timed read starts one as a trio system task
+        (standalone use of the transport).
+        """
+        watchdog = self._watchdog = _Watchdog()
+        self._watchdog_run = trio.lowlevel.current_trio_token()
+        task_status.started()
+        await watchdog.run()
+
     def _watch(self, conn: _Connection, timeout: float) -> _Watchdog:
         """The current trio run's watchdog, started on first use in each run."""
         token = trio.lowlevel.current_trio_token()
