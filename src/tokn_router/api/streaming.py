@@ -17,6 +17,7 @@ handed over through a small memory channel. That indirection buys three things:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
@@ -67,8 +68,9 @@ async def relay_stream(
     async def pump() -> None:
         try:
             with pump_scope:
-                async with send:
-                    async for chunk in resp.aiter_bytes():
+                # aclosing: finalise httpx's generator here, not in the GC
+                async with send, contextlib.aclosing(resp.aiter_bytes()) as chunks:
+                    async for chunk in chunks:
                         await send.send(chunk)
         except httpx.HTTPError as e:
             failure.append(e)
