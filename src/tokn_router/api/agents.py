@@ -44,6 +44,7 @@ import httpx2 as httpx
 import msgspec
 import trio
 from quart import Response, request
+from werkzeug.exceptions import HTTPException
 
 from tokn_router import identity
 from tokn_router.api.app import (
@@ -403,6 +404,7 @@ _MESSAGE_BLOCKS = frozenset(
         "thinking",
         "redacted_thinking",
         "container_upload",
+        "compaction",
     }
 )
 _BLOCK_SUFFIXES = ("_tool_use", "_tool_result")
@@ -595,11 +597,16 @@ async def handle_agent(svc: Services, api: AgentApi) -> Response:
         classified = api.initiator(body)
         route = await _route(svc, requested)
         rlog.upstream_model = route.model
-        build = _builder(api, body, route, rlog, vision=vision, classified=classified)
+        # build decides native vs translated once per attempt and records it, so
+        # the path and the answer's handling follow the same decision even if
+        # the account's model list is refreshed meanwhile
+        native_by_account: dict[str, bool] = {}
+        build = _builder(
+            api, body, route, rlog, native_by_account, vision=vision, classified=classified
+        )
 
         def path(st: AccountState) -> str:
-            native = serves_natively(st, route.model, api.native_path)
-            return api.native_path if native else "/chat/completions"
+            return api.native_path if native_by_account[st.id] else "/chat/completions"
 
         opened = await svc.relay.open(route, path, build, rlog)
     except (ApiError, TranslationError) as e:
@@ -608,7 +615,7 @@ async def handle_agent(svc: Services, api: AgentApi) -> Response:
     st, resp = opened.state, opened.response
     rlog.account_id = st.id
     rlog.provider_id = st.provider.id
-    native = serves_natively(st, route.model, api.native_path)
+    native = native_by_account[st.id]
     if resp.status_code >= 400 or not stream or SSE not in resp.headers.get("content-type", SSE):
         answer = await _answer_whole(svc, api, resp, rlog, native=native, body=body)
     else:
@@ -622,6 +629,7 @@ def _builder(
     body: dict[str, Any],
     route: Route,
     rlog: RequestLog,
+    native_by_account: dict[str, bool],
     *,
     vision: bool,
     classified: identity.Initiator,
@@ -633,6 +641,7 @@ def _builder(
 
     def build(st: AccountState, token: str) -> tuple[bytes, dict[str, str]]:
         native = serves_natively(st, route.model, api.native_path)
+        native_by_account[st.id] = native
         if native:
             upstream = {**body, "model": route.model}
             if upstream.get("tools") == []:
@@ -881,6 +890,8 @@ def register(app: Any, svc: Services) -> None:
     async def messages() -> Response:
         try:
             return await handle_agent(svc, MESSAGES)
+        except HTTPException:
+            raise  # Quart's own (timeouts, …): its status is right
         except Exception as e:  # Claude Code reads only the Anthropic shape
             log.exception("internal error on %s", request.path)
             return error_response("anthropic", 500, f"internal error: {type(e).__name__}")
@@ -890,6 +901,8 @@ def register(app: Any, svc: Services) -> None:
     async def messages_count_tokens() -> Response:
         try:
             return await handle_count_tokens(svc)
+        except HTTPException:
+            raise
         except Exception as e:
             log.exception("internal error on %s", request.path)
             return error_response("anthropic", 500, f"internal error: {type(e).__name__}")
