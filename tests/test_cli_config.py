@@ -289,3 +289,10 @@ def test_concurrent_config_sets_both_land(write_config: Any, cli_env: dict[str, 
         assert data["pool"]["failure_cooldown_secs"] == 10 + i
     assert "# proxy settings below" in path.read_text()
     assert mode(path) == 0o600
+
+
+def test_parse_errors_are_one_line_at_any_width(run_cli) -> None:
+    r = run_cli("proxy", "env", "--shell", "csh", env={"COLUMNS": "20"})
+    assert r.returncode == 2
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "csh" in lines[0]

@@ -294,7 +294,9 @@ def test_switch_injects_pooled_credential(
     assert r.stdout.strip() == "400"
 
 
-def test_route_mode_precedence(fake: FakeUpstream, write_config, daemon, run_cli, cli_env) -> None:
+def test_route_mode_precedence(
+    fake: FakeUpstream, write_config, daemon, run_cli, cli_env, env_home
+) -> None:
     write_config(
         {
             "proxy_mode": {
@@ -326,6 +328,14 @@ def test_route_mode_precedence(fake: FakeUpstream, write_config, daemon, run_cli
     port = d.proxy_url.rsplit(":", 1)[1]
     assert code("--proxy", f"http://route@127.0.0.1:{port}") == "200"  # proxy user name
     assert code("-H", "X-Route-Mode: bogus") == "400"
+    d.send_signal(signal.SIGTERM)
+    assert d.wait_exit(20) == 0
+    rows = ledger_rows(env_home.state_dir)
+    modes = [json.loads(r["params_json"])["route_mode"] for r in rows]
+    # every intercepted request has its row, refusals included
+    assert modes == ["switch", "route", "route", "bogus"]
+    assert all(json.loads(r["params_json"])["source"] == "proxy" for r in rows)
+    assert [r["status"] for r in rows] == [400, 200, 200, 400]
 
 
 def test_bad_clients_leave_the_proxy_serving(fake: FakeUpstream, routed) -> None:

@@ -105,6 +105,14 @@ def test_dns_rebinding_guard(one_account: None, daemon) -> None:
         assert httpx.get(d.url + "/healthz", headers={"Host": host}).status_code == 200
 
 
+def test_malformed_host_header_is_a_clean_400(one_account: None, daemon) -> None:
+    d = daemon()
+    r = httpx.get(d.url + "/healthz", headers={"Host": "a" * 70})
+    assert r.status_code == 400
+    assert _err(r)["code"] == "invalid_host"
+    assert "Traceback" not in d.stderr_text
+
+
 def test_non_loopback_bind_refused(one_account: None, daemon) -> None:
     d = daemon("--host", "0.0.0.0", ready=False)
     assert d.wait_exit(15) == 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -109,8 +110,38 @@ async def read_json_body(max_bytes: int) -> dict[str, Any]:
         raise ApiError(400, f"malformed JSON in request body: {e}", code="invalid_json") from None
 
 
+# hostname (labels of at most 63 chars), IPv4 or [IPv6], optional port
+_VALID_HOST = re.compile(
+    r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+    r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?)(?::[0-9]{1,5})?$"
+)
+
+
+class _App(QuartTrio):
+    async def asgi_app(self, scope: Any, receive: Any, send: Any) -> None:
+        # werkzeug rejects some Host headers (a label over 63 chars) while building
+        # the request, before any handler runs, which would end as a bare 500.
+        if scope.get("type") == "http":
+            host = next((v for k, v in scope.get("headers", ()) if k == b"host"), b"")
+            if host and not _VALID_HOST.match(host.decode("latin-1")):
+                body = error_body(400, "invalid Host header", code="invalid_host")
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 400,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+        await super().asgi_app(scope, receive, send)
+
+
 def create_app(svc: Services) -> QuartTrio:
-    app = QuartTrio("tokn_router")
+    app = _App("tokn_router")
     # Quart's default 60 s response timeout would cut long streams (stack notes §2).
     app.config["RESPONSE_TIMEOUT"] = None
     app.config["BODY_TIMEOUT"] = 120

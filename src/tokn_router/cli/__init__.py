@@ -65,11 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         args = _context.take_global_options(args)
-        result = app(args, exit_on_error=False, print_error=True, result_action="return_value")
+        result = app(args, exit_on_error=False, print_error=False, result_action="return_value")
     except ToknError as e:
         return _fail(str(e), e.exit_code)
-    except CycloptsError:
-        return 2
+    except CycloptsError as e:
+        # one line, whatever the terminal width (cyclopts' own panel wraps)
+        return _fail(" ".join(str(e).split()) or type(e).__name__, 2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -191,7 +191,9 @@ class ProxyModes:
     async def _handle(self, ctx: ProxyRequestContext) -> None:
         mode = self.mode_for(ctx)
         if mode not in ROUTE_MODES:
-            await _error(ctx, 400, f"unknown route mode '{mode}' (route, passthrough, switch)")
+            await self._refuse(
+                ctx, mode, f"unknown route mode '{mode}' (route, passthrough, switch)"
+            )
             return
         if mode == "route":
             target = api_path(ctx.method, ctx.path)
@@ -206,20 +208,32 @@ class ProxyModes:
         account = self._switch_account(ctx)
         if account is None:
             key = provider_key(ctx.host)
-            await _error(
+            await self._refuse(
                 ctx,
-                400,
+                mode,
                 f"switch mode: no pooled account for {ctx.host}"
                 + (f" (provider '{key}')" if key else " (host maps to no provider)"),
             )
             return
         await self._forward(ctx, mode, account)
 
+    async def _refuse(self, ctx: ProxyRequestContext, mode: str, message: str) -> None:
+        """Answer 400 and still record the request: every intercepted request has a row."""
+        rlog = RequestLog(endpoint=ctx.path.split("?", 1)[0], source="proxy", route_mode=mode)
+        rlog.provider_id = provider_key(ctx.host)
+        rlog.status = 400
+        rlog.error = message
+        rlog.finish()
+        self.report(rlog)
+        await _error(ctx, 400, message)
+
     def _switch_account(self, ctx: ProxyRequestContext) -> AccountState | None:
         key = provider_key(ctx.host)
         ids = SWITCH_PROVIDERS.get(key or "", ())
         now = time.time()
-        usable = [s for s in self.pool.states if s.provider.id in ids and s.usable(now)]
+        usable = [
+            s for s in self.pool.states if s.provider.id in ids and s.usable(now) and s.token()
+        ]
         if not usable:
             return None
         # round robin among this provider's accounts
