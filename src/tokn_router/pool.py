@@ -259,6 +259,11 @@ class Pool:
         self._rr += 1
         return found[start:] + found[:start]
 
+    def pick(self, states: list[AccountState]) -> AccountState:
+        """One of ``states`` in round-robin order (shares the pool's rotation)."""
+        self._rr += 1
+        return states[self._rr % len(states)]
+
     def find(self, account_id: str) -> AccountState | None:
         return next((s for s in self.states if s.id == account_id), None)
 

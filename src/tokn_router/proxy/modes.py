@@ -234,11 +234,7 @@ class ProxyModes:
         usable = [
             s for s in self.pool.states if s.provider.id in ids and s.usable(now) and s.token()
         ]
-        if not usable:
-            return None
-        # round robin among this provider's accounts
-        self.pool._rr += 1
-        return usable[self.pool._rr % len(usable)]
+        return self.pool.pick(usable) if usable else None
 
     # ------------------------------------------------------------- route
 
