@@ -42,3 +42,42 @@ def bench(session: nox.Session) -> None:
     """Measure tokn-router against a direct connection (see bench/README.md)."""
     session.install("-e", ".[test]")
     session.run("python", "-m", "bench", *session.posargs)
+
+
+@nox.session
+def agents(session: nox.Session) -> None:
+    """Run Codex CLI and Claude Code one-shot against `tokn-router serve` + the fake upstream.
+
+    Not in CI: needs node/npm and the npm registry (once, to install the pinned agents
+    under .nox/agents/tmp/npm). The runs themselves are offline. Extra args go to
+    scripts/agents_e2e.py, e.g. `nox -s agents -- -k codex --keep`.
+    """
+    from pathlib import Path
+
+    # The versions the wire reference (agents-wire.md) was captured with.
+    pinned = {"@openai/codex": "0.169.0", "@anthropic-ai/claude-code": "2.1.197"}
+    session.install("-e", ".[test]")
+    tmp = Path(session.create_tmp()).resolve()
+    prefix = tmp / "npm"
+    prefix.mkdir(exist_ok=True)
+    session.run(
+        "npm",
+        "install",
+        "--prefix",
+        str(prefix),
+        "--no-save",
+        "--no-audit",
+        "--no-fund",
+        "--loglevel=error",
+        *(f"{name}@{version}" for name, version in pinned.items()),
+        external=True,
+    )
+    session.run(
+        "python",
+        "scripts/agents_e2e.py",
+        "--bin-dir",
+        str(prefix / "node_modules" / ".bin"),
+        "--scratch",
+        str(tmp / "runs"),
+        *session.posargs,
+    )

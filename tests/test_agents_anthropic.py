@@ -272,7 +272,7 @@ def test_bad_input_gets_anthropic_errors_and_nothing_goes_upstream(
         {"model": NATIVE, "max_tokens": 10, "messages": "hi"},
         {"model": NATIVE, "max_tokens": 10, "messages": []},
         {"model": 5, "max_tokens": 10, "messages": ok_msgs},
-        {"model": NATIVE, "max_tokens": 10, "messages": [{"role": "system", "content": "x"}]},
+        {"model": NATIVE, "max_tokens": 10, "messages": [{"role": "tool", "content": "x"}]},
         {
             "model": TRANSLATED,
             "max_tokens": 10,

@@ -401,7 +401,7 @@ def test_thinking_budget_mapping(
         ({"model": "m", "max_tokens": 10, "messages": {"role": "user"}}, "messages"),
         ({"model": "m", "max_tokens": 10, "messages": ["hi"]}, "messages.0"),
         (
-            {"model": "m", "max_tokens": 10, "messages": [{"role": "system", "content": "x"}]},
+            {"model": "m", "max_tokens": 10, "messages": [{"role": "tool", "content": "x"}]},
             "messages.0.role",
         ),
         (
@@ -611,3 +611,20 @@ def test_messages_initiator() -> None:
         == "agent"
     )
     assert messages_initiator({"messages": "junk"}) == "user"
+
+
+def test_system_message_inside_messages_is_kept_in_place() -> None:
+    # Claude Code sends this for non-Claude models (its agent list), with adaptive thinking
+    body = {
+        "model": "gpt-4.1",
+        "max_tokens": 32000,
+        "thinking": {"type": "adaptive"},
+        "output_config": {"effort": "high"},
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "system", "content": "Available agent types: claude"},
+        ],
+    }
+    out = messages_to_chat(body)
+    assert [m["role"] for m in out["messages"]] == ["user", "system"]
+    assert out["messages"][1]["content"] == "Available agent types: claude"

@@ -102,6 +102,12 @@ def messages_to_chat(
             chat_messages += _user_message(content, i)
         elif role == "assistant":
             chat_messages.append(_assistant_message(content, i, drop_foreign_signatures))
+        elif role in ("system", "developer"):
+            # Claude Code puts a system message inside `messages` for non-Claude
+            # models (its agent list); chat completions takes it where it stands.
+            text = _blocks_text(content)
+            if text:
+                chat_messages.append({"role": "system", "content": text})
         else:
             raise TranslationError(
                 f"messages.{i}.role: must be 'user' or 'assistant'", f"messages.{i}.role"
