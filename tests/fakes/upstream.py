@@ -1192,7 +1192,10 @@ class FakeUpstream:
         *,
         tool_style: str = "openai",
     ) -> _Plan:
-        last = messages[-1] if messages else {}
+        # like real models, a trailing system message (aider's reminder, Claude
+        # Code's agent list) does not change whose turn it is
+        turns = [m for m in messages if m.get("role") not in ("system", "developer")]
+        last = turns[-1] if turns else {}
         user_text = next(
             (message_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"),
             "",
