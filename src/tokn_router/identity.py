@@ -43,49 +43,64 @@ def classify_chat(messages: Any) -> Initiator:
     return "user"
 
 
+_AGENT_ITEMS = frozenset(
+    {
+        "function_call",
+        "function_call_output",
+        "custom_tool_call",
+        "custom_tool_call_output",
+        "reasoning",
+    }
+)
+
+
 def classify_responses(items: Any) -> Initiator:
-    """Responses API: walk ``input`` from the end, skipping system/developer."""
-    if isinstance(items, str) or not isinstance(items, list):
+    """Responses API: walk ``input`` from the end, skipping system/developer messages.
+
+    A tool call, tool output, reasoning or assistant item → agent; a user
+    message → user.
+    """
+    if not isinstance(items, list):
         return "user"
     for item in reversed(items):
         if not isinstance(item, Mapping):
-            return "user"
-        kind = item.get("type")
-        role = item.get("role")
-        if role in ("system", "developer"):
             continue
-        if (
-            kind
-            in (
-                "function_call_output",
-                "function_call",
-                "custom_tool_call",
-                "custom_tool_call_output",
-                "reasoning",
-            )
-            or role == "assistant"
-        ):
+        kind = item.get("type")
+        if kind in _AGENT_ITEMS:
             return "agent"
-        return "user"
+        if kind in (None, "message"):
+            role = item.get("role")
+            if role == "assistant":
+                return "agent"
+            if role == "user":
+                return "user"
     return "user"
 
 
 def classify_messages(messages: Any) -> Initiator:
-    """Anthropic Messages: last message assistant, or a user turn of only tool results."""
-    if not isinstance(messages, list) or not messages:
+    """Anthropic Messages: the last non-system message decides.
+
+    ``assistant``, or a user message made only of ``tool_result`` blocks (a
+    tool-loop follow-up) → agent; else user.
+    """
+    if not isinstance(messages, list):
         return "user"
-    last = messages[-1]
-    if not isinstance(last, Mapping):
+    for last in reversed(messages):
+        if not isinstance(last, Mapping):
+            return "user"
+        role = last.get("role")
+        if role in ("system", "developer"):
+            continue
+        if role == "assistant":
+            return "agent"
+        content = last.get("content")
+        if (
+            isinstance(content, list)
+            and content
+            and all(isinstance(b, Mapping) and b.get("type") == "tool_result" for b in content)
+        ):
+            return "agent"
         return "user"
-    if last.get("role") == "assistant":
-        return "agent"
-    content = last.get("content")
-    if (
-        isinstance(content, list)
-        and content
-        and all(isinstance(b, Mapping) and b.get("type") == "tool_result" for b in content)
-    ):
-        return "agent"
     return "user"
 
 

@@ -47,6 +47,7 @@ from tokn_router.proxy.http1 import (
     origin_path,
     response_headers,
 )
+from tokn_router.proxy.streams import PrefixedStream
 
 __all__ = [
     "ConnectUpstream",
@@ -115,38 +116,6 @@ async def open_direct(host: str, port: int) -> trio.abc.Stream:
 
 
 # --------------------------------------------------------------------- streams
-
-
-class _PrefixedStream(trio.abc.HalfCloseableStream):
-    """A stream that first returns bytes already read (CONNECT trailing data, a peek)."""
-
-    def __init__(self, stream: trio.abc.Stream, prefix: bytes = b"") -> None:
-        self._stream = stream
-        self._prefix = prefix
-
-    def unread(self, data: bytes) -> None:
-        self._prefix = data + self._prefix
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        if self._prefix:
-            await trio.lowlevel.checkpoint()
-            n = len(self._prefix) if max_bytes is None else max_bytes
-            data, self._prefix = self._prefix[:n], self._prefix[n:]
-            return data
-        return await self._stream.receive_some(max_bytes)
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._stream.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        if isinstance(self._stream, trio.abc.HalfCloseableStream):
-            await self._stream.send_eof()
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
 
 
 class _Reader:
@@ -689,7 +658,7 @@ class _Proxy:
         peer: tuple[str, int] | None,
     ) -> None:
         await stream.send_all(reader.conn.connect_established())
-        client = _PrefixedStream(stream, reader.conn.trailing_data)
+        client = PrefixedStream(stream, reader.conn.trailing_data)
         with trio.fail_after(self.head_timeout):
             first = await client.receive_some(RECEIVE_SIZE)
         if not first:

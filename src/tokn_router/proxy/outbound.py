@@ -53,6 +53,7 @@ from socksio import (
 from socksio.socks5 import SOCKS5UsernamePasswordReply
 
 from tokn_router.errors import ToknError
+from tokn_router.proxy.streams import PrefixedStream
 from tokn_router.upstream import ProxySetting, tls_context
 
 __all__ = ["OutboundError", "ProxyURL", "open_upstream", "parse_proxy_url", "proxy_for"]
@@ -180,45 +181,8 @@ def proxy_for(setting: ProxySetting, host: str, port: int) -> str | None:
 # ------------------------------------------------------------------- streams
 
 
-class _PrefixedStream(trio.abc.Stream):
-    """``stream``, but ``receive_some`` first returns bytes already read past a handshake."""
-
-    def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
-        self.transport_stream = stream
-        self._prefix = prefix
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        if self._prefix:
-            await trio.lowlevel.checkpoint()
-            n = len(self._prefix) if max_bytes is None else max_bytes
-            data, self._prefix = self._prefix[:n], self._prefix[n:]
-            return data
-        return await self.transport_stream.receive_some(max_bytes)
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.transport_stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.transport_stream.wait_send_all_might_not_block()
-
-    async def aclose(self) -> None:
-        await self.transport_stream.aclose()
-
-
-class _PrefixedHalfCloseableStream(_PrefixedStream, trio.abc.HalfCloseableStream):
-    """The same over a stream that can half-close (a plain TCP socket)."""
-
-    async def send_eof(self) -> None:
-        assert isinstance(self.transport_stream, trio.abc.HalfCloseableStream)
-        await self.transport_stream.send_eof()
-
-
 def _with_prefix(stream: trio.abc.Stream, prefix: bytes) -> trio.abc.Stream:
-    if not prefix:
-        return stream
-    if isinstance(stream, trio.abc.HalfCloseableStream):
-        return _PrefixedHalfCloseableStream(stream, prefix)
-    return _PrefixedStream(stream, prefix)
+    return PrefixedStream(stream, prefix) if prefix else stream
 
 
 class _Reader:

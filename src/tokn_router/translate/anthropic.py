@@ -16,6 +16,7 @@ from typing import Any, Literal, TypeGuard
 
 import msgspec
 
+from tokn_router import identity
 from tokn_router.translate._chat import (
     REASONING_OPAQUE_KEYS,
     REASONING_TEXT_KEYS,
@@ -143,25 +144,8 @@ def messages_to_chat(
 
 
 def messages_initiator(body: Mapping[str, Any]) -> Literal["user", "agent"]:
-    """SPEC 7a X-Initiator for a Messages request.
-
-    ``agent`` when the last message is the assistant's or a user message made
-    only of ``tool_result`` blocks (a tool-loop follow-up), else ``user``.
-    """
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages or not isinstance(messages[-1], Mapping):
-        return "user"
-    last = messages[-1]
-    if last.get("role") == "assistant":
-        return "agent"
-    content = last.get("content")
-    if (
-        isinstance(content, list)
-        and content
-        and all(isinstance(b, Mapping) and b.get("type") == "tool_result" for b in content)
-    ):
-        return "agent"
-    return "user"
+    """SPEC 7a X-Initiator for a Messages request (see :func:`identity.classify_messages`)."""
+    return identity.classify_messages(body.get("messages"))
 
 
 def _is_int(v: Any) -> TypeGuard[int]:

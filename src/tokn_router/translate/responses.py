@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from tokn_router import identity
 from tokn_router.translate._responses_out import (
     ChatToResponsesStream,
     chat_to_response,
@@ -328,40 +329,9 @@ def _reasoning_fields(item: Mapping[str, Any]) -> tuple[str, str]:
     return "\n\n".join(texts), opaque if isinstance(opaque, str) else ""
 
 
-_AGENT_ITEMS = frozenset(
-    {
-        "function_call",
-        "function_call_output",
-        "custom_tool_call",
-        "custom_tool_call_output",
-        "reasoning",
-    }
-)
-
-
 def responses_initiator(body: Mapping[str, Any]) -> Literal["user", "agent"]:
-    """SPEC 7a X-Initiator for a Responses request.
-
-    Walk ``input`` from the end, skipping system/developer messages: a tool
-    call, tool output, reasoning or assistant item → ``agent``; a user
-    message → ``user``.
-    """
-    items = body.get("input")
-    if not isinstance(items, list):
-        return "user"
-    for item in reversed(items):
-        if not isinstance(item, Mapping):
-            continue
-        kind = item.get("type")
-        if kind in _AGENT_ITEMS:
-            return "agent"
-        if kind in (None, "message"):
-            role = item.get("role")
-            if role == "assistant":
-                return "agent"
-            if role == "user":
-                return "user"
-    return "user"
+    """SPEC 7a X-Initiator for a Responses request (see :func:`identity.classify_responses`)."""
+    return identity.classify_responses(body.get("input"))
 
 
 def responses_to_chat(body: Mapping[str, Any], *, model: str | None = None) -> dict[str, Any]:
