@@ -57,6 +57,7 @@ from tokn_router.api.app import (
     from_proxy,
     new_log,
     read_json_body,
+    read_model_request,
     sse_response,
 )
 from tokn_router.api.errors import upstream_error_text, wrap_upstream_error
@@ -831,14 +832,7 @@ async def handle_embeddings(svc: Services) -> Response:
     cfg = svc.config()
     rlog = new_log("/v1/embeddings")
     try:
-        if rlog.source == "api":
-            rlog.route_mode = check_route_mode(cfg.server.route_mode)
-        body = await read_json_body(cfg.server.max_body_bytes)
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            raise ApiError(
-                400, "missing required field 'model'", code="missing_field", param="model"
-            )
+        body, model = await read_model_request(cfg, rlog)
         rlog.model = model
         inp = body.get("input")
         if not (isinstance(inp, str) and inp) and not (isinstance(inp, list) and inp):

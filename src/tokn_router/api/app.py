@@ -265,18 +265,22 @@ def check_route_mode(default: str) -> str:
     )
 
 
+async def read_model_request(cfg: Config, rlog: RequestLog) -> tuple[dict[str, Any], str]:
+    """The common start of every model endpoint: route mode, JSON body, ``model``."""
+    if rlog.source == "api":
+        rlog.route_mode = check_route_mode(cfg.server.route_mode)
+    body = await read_json_body(cfg.server.max_body_bytes)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise ApiError(400, "missing required field 'model'", code="missing_field", param="model")
+    return body, model
+
+
 async def handle_chat(svc: Services, endpoint: str) -> Response:
     cfg = svc.config()
     rlog = new_log(endpoint)
     try:
-        if rlog.source == "api":
-            rlog.route_mode = check_route_mode(cfg.server.route_mode)
-        body = await read_json_body(cfg.server.max_body_bytes)
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            raise ApiError(
-                400, "missing required field 'model'", code="missing_field", param="model"
-            )
+        body, model = await read_model_request(cfg, rlog)
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise ApiError(
