@@ -1,0 +1,137 @@
+"""The phases of a benchmark run and their sizes (full and ``--quick``).
+
+A phase is a :class:`Load` that the load client puts on each target (DIRECT =
+client → fake upstream; ROUTER = client → tokn-router → fake upstream), in
+``rounds`` rounds that alternate which target goes first. To add a phase, add a
+:class:`Phase` to :data:`PHASES` and, if it has figures of its own, a few lines
+to :func:`bench.report.figures` and the table rows there.
+
+Phases with ``needs="proxy"`` run only when ``tokn-router serve --help`` lists
+``--with-proxy``; their targets are ``proxy_warm`` / ``proxy_cold`` (client →
+``CONNECT`` + TLS through the MITM proxy), which the load client does not speak
+yet: they are reported as skipped until it does (see bench/README.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+STREAM_CHUNKS = 200  # content chunks of a "200-chunk stream"
+PACED_CHUNKS = 210  # 210 chunks x 20 ms = 4.2 s, the ideal of the paced targets
+PACED_DELAY_MS = 20.0
+
+
+@dataclass(frozen=True)
+class Load:
+    """What the load client does against one target in one round."""
+
+    stream: bool
+    connections: int  # opened at once (or spread over ``stagger_s``)
+    per_conn: int  # requests sent one after the other on each connection
+    chunks: int = STREAM_CHUNKS
+    delay_ms: float = 0.0
+    record_gaps: bool = False
+    stagger_s: float = 0.0
+    deadline_s: float = 120.0
+
+    @property
+    def requests(self) -> int:
+        return self.connections * self.per_conn
+
+    @property
+    def events_per_stream(self) -> int:
+        # prelude + content chunks + finish + usage-only chunk + [DONE]
+        return self.chunks + 4
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    title: str
+    full: Load
+    quick: Load
+    rounds: int = 2
+    quick_rounds: int = 1
+    needs: str | None = None
+    targets: tuple[str, ...] = ("direct", "router")
+    warmup: int = 0  # requests per target before the measured rounds (not in the figures)
+
+    def load(self, quick: bool) -> Load:
+        return self.quick if quick else self.full
+
+    def n_rounds(self, quick: bool) -> int:
+        return self.quick_rounds if quick else self.rounds
+
+
+_stream = Load(stream=True, connections=1, per_conn=100)
+_paced = Load(
+    stream=True,
+    connections=300,
+    per_conn=1,
+    chunks=PACED_CHUNKS,
+    delay_ms=PACED_DELAY_MS,
+    record_gaps=True,
+    stagger_s=PACED_DELAY_MS / 1000.0,  # one period: chunks of different streams interleave
+)
+
+PHASES: list[Phase] = [
+    Phase(
+        "nonstream",
+        "non-stream latency, sequential",
+        full=Load(stream=False, connections=1, per_conn=1250),
+        quick=Load(stream=False, connections=1, per_conn=60),
+        warmup=50,
+    ),
+    Phase(
+        "stream",
+        f"{STREAM_CHUNKS}-chunk streams, sequential (1 concurrent)",
+        full=_stream,
+        quick=replace(_stream, per_conn=8),
+        warmup=5,
+    ),
+    Phase(
+        "c200x2",
+        "200 connections x 2 streams",
+        full=Load(stream=True, connections=200, per_conn=2),
+        quick=Load(stream=True, connections=20, per_conn=2),
+    ),
+    Phase(
+        "c1000",
+        "1000 concurrent streams",
+        # a stream not done within 60 s counts as an error ("timeout")
+        full=Load(stream=True, connections=1000, per_conn=1, deadline_s=60.0),
+        quick=Load(stream=True, connections=50, per_conn=1),
+        rounds=1,
+    ),
+    Phase(
+        "paced300",
+        f"300 streams paced at {PACED_DELAY_MS:g} ms/chunk",
+        full=_paced,
+        quick=replace(_paced, connections=20, chunks=20, delay_ms=10.0, stagger_s=0.01),
+    ),
+    Phase(
+        "paced500",
+        f"500 streams paced at {PACED_DELAY_MS:g} ms/chunk",
+        full=replace(_paced, connections=500),
+        quick=replace(_paced, connections=30, chunks=20, delay_ms=10.0, stagger_s=0.01),
+    ),
+    # Through the MITM proxy (CONNECT + TLS), once `serve --with-proxy` exists.
+    Phase(
+        "proxy_nonstream",
+        "non-stream latency through the MITM proxy (warm tunnel / new host)",
+        full=Load(stream=False, connections=1, per_conn=1000),
+        quick=Load(stream=False, connections=1, per_conn=30),
+        needs="proxy",
+        targets=("direct", "proxy_warm", "proxy_cold"),
+    ),
+    Phase(
+        "proxy_stream",
+        f"{STREAM_CHUNKS}-chunk streams through the MITM proxy",
+        full=_stream,
+        quick=replace(_stream, per_conn=5),
+        needs="proxy",
+        targets=("direct", "proxy_warm"),
+    ),
+]
+
+BY_NAME = {p.name: p for p in PHASES}

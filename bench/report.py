@@ -1,0 +1,421 @@
+"""Statistics, the flat figures, the targets of issue 6 and the printed table."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+# ---------------------------------------------------------------------------- stats
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Linear-interpolated percentile (q in 0..100), None for no values."""
+    if not values:
+        return None
+    s = sorted(values)
+    if len(s) == 1:
+        return float(s[0])
+    pos = (len(s) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return float(s[lo] + (s[hi] - s[lo]) * (pos - lo))
+
+
+def median(values: Sequence[float]) -> float | None:
+    return percentile(values, 50)
+
+
+def _r(x: float | None, nd: int = 3) -> float | None:
+    return None if x is None else round(x, nd)
+
+
+def _div(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+@dataclass
+class RunResult:
+    """One target in one round of one phase (workers merged)."""
+
+    target: str
+    round: int
+    requests: int
+    completed: int = 0
+    events: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    wall_s: float = 0.0
+    first_ms: list[float] = field(default_factory=list)
+    total_ms: list[float] = field(default_factory=list)
+    gaps_us: list[int] = field(default_factory=list)
+    daemon_cpu_s: float | None = None
+    daemon_sys_s: float | None = None  # the kernel's part of daemon_cpu_s
+    fake_cpu_s: float = 0.0
+    client_cpu_s: float = 0.0
+    machine_busy_s: float = 0.0  # every CPU of the machine, during the measurement window
+    window_s: float = 0.0
+    listen_overflows: int = 0  # machine-wide TcpExt ListenOverflows during the window
+    peak_rss_mb: float | None = None
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+    def brief(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "round": self.round,
+            "requests": self.requests,
+            "completed": self.completed,
+            "errors": self.error_count,
+            "error_kinds": self.errors,
+            "events": self.events,
+            "wall_s": _r(self.wall_s, 4),
+            "daemon_cpu_s": _r(self.daemon_cpu_s, 3),
+            "daemon_sys_s": _r(self.daemon_sys_s, 3),
+            "fake_cpu_s": _r(self.fake_cpu_s, 3),
+            "client_cpu_s": _r(self.client_cpu_s, 3),
+            "machine_busy_s": _r(self.machine_busy_s, 3),
+            "window_s": _r(self.window_s, 3),
+            "listen_overflows": self.listen_overflows,
+            "peak_rss_mb": _r(self.peak_rss_mb, 1),
+        }
+
+
+def summarize(runs: list[RunResult]) -> dict[str, Any]:
+    """Pool the rounds of one target of one phase."""
+    first = [x for r in runs for x in r.first_ms]
+    total = [x for r in runs for x in r.total_ms]
+    gaps = [x for r in runs for x in r.gaps_us]
+    requests = sum(r.requests for r in runs)
+    completed = sum(r.completed for r in runs)
+    events = sum(r.events for r in runs)
+    wall = sum(r.wall_s for r in runs)
+    errors: dict[str, int] = {}
+    for r in runs:
+        for k, v in r.errors.items():
+            errors[k] = errors.get(k, 0) + v
+    cpus = [r.daemon_cpu_s for r in runs if r.daemon_cpu_s is not None]
+    cpu = sum(cpus) if cpus else None
+    sys_s = sum(r.daemon_sys_s or 0.0 for r in runs) if cpus else None
+    client_cpu = sum(r.client_cpu_s for r in runs)
+    fake_cpu = sum(r.fake_cpu_s for r in runs)
+    busy = sum(r.machine_busy_s for r in runs)
+    rss = [r.peak_rss_mb for r in runs if r.peak_rss_mb is not None]
+    ours = client_cpu + fake_cpu + (cpu or 0.0)
+    gp50, gp99 = percentile(gaps, 50), percentile(gaps, 99)
+    return {
+        "rounds": len(runs),
+        "requests": requests,
+        "completed": completed,
+        "errors": sum(errors.values()),
+        "error_kinds": errors,
+        "events": events,
+        "wall_s": _r(wall, 4),
+        "wall_per_round_s": [_r(r.wall_s, 3) for r in runs],
+        "wall_median_s": _r(median([r.wall_s for r in runs]), 3),
+        "requests_per_s": _r(_div(completed, wall), 1),
+        "events_per_s": _r(_div(events, wall), 0),
+        "first_p50_ms": _r(percentile(first, 50)),
+        "first_p99_ms": _r(percentile(first, 99)),
+        "total_p50_ms": _r(percentile(total, 50)),
+        "total_p99_ms": _r(percentile(total, 99)),
+        "total_max_ms": _r(max(total) if total else None),
+        "gap_p50_ms": _r(None if gp50 is None else gp50 / 1000),
+        "gap_p99_ms": _r(None if gp99 is None else gp99 / 1000),
+        "gap_max_ms": _r(max(gaps) / 1000 if gaps else None),
+        "proxy_cpu_s": _r(cpu),
+        "proxy_sys_share": _r(_div(sys_s, cpu), 3),
+        "cpu_per_request_ms": _r(_div(cpu, requests / 1000.0)),
+        "cpu_per_event_us": _r(_div(cpu, events / 1e6) if events else None, 2),
+        "client_cpu_s": _r(client_cpu),
+        "client_cpu_per_event_us": _r(_div(client_cpu, events / 1e6) if events else None, 2),
+        "client_cpu_per_request_us": _r(_div(client_cpu, requests / 1e6), 1),
+        "fake_cpu_s": _r(fake_cpu),
+        "other_cpu_s": _r(max(0.0, busy - ours)),
+        "window_s": _r(sum(r.window_s for r in runs), 3),
+        "listen_overflows": sum(r.listen_overflows for r in runs),
+        "peak_rss_mb": _r(max(rss) if rss else None, 1),
+    }
+
+
+# -------------------------------------------------------------------------- figures
+
+# Every figure key, in table order (the test checks that each one is in the JSON).
+FIGURE_KEYS: tuple[str, ...] = (
+    "startup_s",
+    "idle_rss_mb",
+    "nonstream_p50_ms_direct",
+    "nonstream_p50_ms_router",
+    "nonstream_p50_ratio",
+    "nonstream_p99_ms_direct",
+    "nonstream_p99_ms_router",
+    "nonstream_p99_ratio",
+    "nonstream_errors_router",
+    "cpu_per_request_ms",
+    "stream_ttfe_p50_ms_direct",
+    "stream_ttfe_p50_ms_router",
+    "stream_ttfe_p50_ratio",
+    "stream_ttfe_p99_ms_direct",
+    "stream_ttfe_p99_ms_router",
+    "stream_ttfe_p99_ratio",
+    "stream_total_p50_ms_direct",
+    "stream_total_p50_ms_router",
+    "stream_total_p50_ratio",
+    "stream_total_p99_ms_direct",
+    "stream_total_p99_ms_router",
+    "stream_total_p99_ratio",
+    "stream_errors_router",
+    "cpu_per_stream_ms_c1",
+    "cpu_per_event_us_c1",
+    "c200x2_streams_per_s_direct",
+    "c200x2_streams_per_s_router",
+    "c200x2_events_per_s_direct",
+    "c200x2_events_per_s_router",
+    "c200x2_errors_direct",
+    "c200x2_errors_router",
+    "c200x2_peak_rss_mb",
+    "cpu_per_stream_ms_c200",
+    "cpu_per_event_us_c200",
+    "cpu_per_event_growth",
+    "c1000_streams_per_s_direct",
+    "c1000_streams_per_s_router",
+    "c1000_events_per_s_direct",
+    "c1000_events_per_s_router",
+    "c1000_errors_direct",
+    "c1000_errors_router",
+    "c1000_peak_rss_mb",
+    "c1000_listen_overflows",
+    "paced300_wall_s_direct",
+    "paced300_wall_s_router",
+    "paced300_errors_router",
+    "paced300_peak_rss_mb",
+    "paced500_errors_direct",
+    "paced500_errors_router",
+    "paced500_gap_p99_ms_direct",
+    "paced500_gap_p99_ms_router",
+    "paced500_added_gap_p99_ms",
+    "paced500_total_p99_s_direct",
+    "paced500_total_p99_s_router",
+    "paced500_peak_rss_mb",
+    "cpu_per_event_us_paced500",
+)
+
+
+def figures(
+    startup: dict[str, Any], phases: dict[str, dict[str, dict[str, Any]]]
+) -> dict[str, float | int | None]:
+    """The flat figures of a run (None where a phase did not run)."""
+    f: dict[str, float | int | None] = dict.fromkeys(FIGURE_KEYS)
+    f["startup_s"] = startup.get("startup_s")
+    f["idle_rss_mb"] = startup.get("idle_rss_mb")
+
+    def get(phase: str, target: str, key: str) -> Any:
+        return phases.get(phase, {}).get(target, {}).get(key)
+
+    def pair(base: str, phase: str, key: str) -> None:
+        """``{base}_ms_direct``, ``{base}_ms_router`` and ``{base}_ratio``."""
+        d, r = get(phase, "direct", key), get(phase, "router", key)
+        f[f"{base}_ms_direct"] = d
+        f[f"{base}_ms_router"] = r
+        f[f"{base}_ratio"] = _r(_div(r, d), 2)
+
+    pair("nonstream_p50", "nonstream", "total_p50_ms")
+    pair("nonstream_p99", "nonstream", "total_p99_ms")
+    f["nonstream_errors_router"] = get("nonstream", "router", "errors")
+    f["cpu_per_request_ms"] = get("nonstream", "router", "cpu_per_request_ms")
+    pair("stream_ttfe_p50", "stream", "first_p50_ms")
+    pair("stream_ttfe_p99", "stream", "first_p99_ms")
+    pair("stream_total_p50", "stream", "total_p50_ms")
+    pair("stream_total_p99", "stream", "total_p99_ms")
+    f["stream_errors_router"] = get("stream", "router", "errors")
+    f["cpu_per_stream_ms_c1"] = get("stream", "router", "cpu_per_request_ms")
+    f["cpu_per_event_us_c1"] = get("stream", "router", "cpu_per_event_us")
+    for ph in ("c200x2", "c1000"):
+        for t in ("direct", "router"):
+            f[f"{ph}_streams_per_s_{t}"] = get(ph, t, "requests_per_s")
+            f[f"{ph}_events_per_s_{t}"] = get(ph, t, "events_per_s")
+            f[f"{ph}_errors_{t}"] = get(ph, t, "errors")
+        f[f"{ph}_peak_rss_mb"] = get(ph, "router", "peak_rss_mb")
+    f["c1000_listen_overflows"] = get("c1000", "router", "listen_overflows")
+    f["cpu_per_stream_ms_c200"] = get("c200x2", "router", "cpu_per_request_ms")
+    f["cpu_per_event_us_c200"] = get("c200x2", "router", "cpu_per_event_us")
+    f["cpu_per_event_growth"] = _r(_div(f["cpu_per_event_us_c200"], f["cpu_per_event_us_c1"]), 2)
+    f["paced300_wall_s_direct"] = get("paced300", "direct", "wall_median_s")
+    f["paced300_wall_s_router"] = get("paced300", "router", "wall_median_s")
+    f["paced300_errors_router"] = get("paced300", "router", "errors")
+    f["paced300_peak_rss_mb"] = get("paced300", "router", "peak_rss_mb")
+    for t in ("direct", "router"):
+        f[f"paced500_errors_{t}"] = get("paced500", t, "errors")
+        f[f"paced500_gap_p99_ms_{t}"] = get("paced500", t, "gap_p99_ms")
+        p99 = get("paced500", t, "total_p99_ms")
+        f[f"paced500_total_p99_s_{t}"] = _r(p99 / 1000.0) if p99 is not None else None
+    gd, gr = f["paced500_gap_p99_ms_direct"], f["paced500_gap_p99_ms_router"]
+    f["paced500_added_gap_p99_ms"] = _r(gr - gd) if gd is not None and gr is not None else None
+    f["paced500_peak_rss_mb"] = get("paced500", "router", "peak_rss_mb")
+    f["cpu_per_event_us_paced500"] = get("paced500", "router", "cpu_per_event_us")
+    return f
+
+
+# -------------------------------------------------------------------------- targets
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    text: str
+    keys: tuple[str, ...]
+
+    def check(self, f: dict[str, Any]) -> bool | None:
+        vals = [f.get(k) for k in self.keys]
+        if any(v is None for v in vals):
+            return None
+        return bool(_CHECKS[self.name](*vals))
+
+
+_CHECKS: dict[str, Any] = {
+    "cpu_request": lambda v: v <= 1.0,
+    "cpu_event_c1": lambda v: v <= 50,
+    "cpu_event_c200": lambda v: v <= 50,
+    "cpu_event_growth": lambda v: v <= 1.2,
+    "nonstream_ratio": lambda v: v <= 5,
+    "stream_ratio": lambda v: v <= 5,
+    "c200x2": lambda v: v >= 100,
+    "c1000": lambda e, rss: e == 0 and rss <= 150,
+    "paced300": lambda v: v <= 4.7,
+    "paced500": lambda e, d, r: e == 0 and r <= d + 3.0,
+    "startup": lambda v: v <= 0.4,
+    "idle_rss": lambda v: v <= 50,
+}
+
+TARGETS: tuple[Target, ...] = (
+    Target("cpu_request", "proxy CPU <= 1.0 ms per non-stream request", ("cpu_per_request_ms",)),
+    Target("cpu_event_c1", "proxy CPU <= 50 us per event, 1 stream", ("cpu_per_event_us_c1",)),
+    Target(
+        "cpu_event_c200", "proxy CPU <= 50 us per event, 200 streams", ("cpu_per_event_us_c200",)
+    ),
+    Target(
+        "cpu_event_growth",
+        "no growth with concurrency (c200 / c1 <= 1.2)",
+        ("cpu_per_event_growth",),
+    ),
+    Target("nonstream_ratio", "non-stream p50 <= 5x DIRECT", ("nonstream_p50_ratio",)),
+    Target("stream_ratio", "200-chunk stream p50 <= 5x DIRECT", ("stream_total_p50_ratio",)),
+    Target("c200x2", ">= 100 streams/s at 200x2", ("c200x2_streams_per_s_router",)),
+    Target(
+        "c1000",
+        "1000 concurrent: 0 errors, peak RSS <= 150 MB",
+        ("c1000_errors_router", "c1000_peak_rss_mb"),
+    ),
+    Target("paced300", "300 paced streams within 4.7 s", ("paced300_wall_s_router",)),
+    Target(
+        "paced500",
+        "500 paced: 0 errors, total p99 <= DIRECT + 3 s",
+        ("paced500_errors_router", "paced500_total_p99_s_direct", "paced500_total_p99_s_router"),
+    ),
+    Target("startup", "start-up <= 0.4 s", ("startup_s",)),
+    Target("idle_rss", "idle RSS <= 50 MB", ("idle_rss_mb",)),
+)
+
+
+def check_targets(f: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": t.name,
+            "target": t.text,
+            "values": {k: f.get(k) for k in t.keys},
+            "met": t.check(f),
+        }
+        for t in TARGETS
+    ]
+
+
+# ---------------------------------------------------------------------------- table
+
+# (label, direct key, router key, ratio key, target name)
+ROWS: tuple[tuple[str, str | None, str | None, str | None, str | None], ...] = (
+    ("non-stream p50 (ms)", "nonstream_p50_ms_direct", "nonstream_p50_ms_router", "nonstream_p50_ratio", "nonstream_ratio"),
+    ("non-stream p99 (ms)", "nonstream_p99_ms_direct", "nonstream_p99_ms_router", "nonstream_p99_ratio", None),
+    ("proxy CPU / non-stream request (ms)", None, "cpu_per_request_ms", None, "cpu_request"),
+    ("200-chunk stream: first event p50 (ms)", "stream_ttfe_p50_ms_direct", "stream_ttfe_p50_ms_router", "stream_ttfe_p50_ratio", None),
+    ("200-chunk stream: first event p99 (ms)", "stream_ttfe_p99_ms_direct", "stream_ttfe_p99_ms_router", "stream_ttfe_p99_ratio", None),
+    ("200-chunk stream: total p50 (ms)", "stream_total_p50_ms_direct", "stream_total_p50_ms_router", "stream_total_p50_ratio", "stream_ratio"),
+    ("200-chunk stream: total p99 (ms)", "stream_total_p99_ms_direct", "stream_total_p99_ms_router", "stream_total_p99_ratio", None),
+    ("proxy CPU / stream, 1 concurrent (ms)", None, "cpu_per_stream_ms_c1", None, None),
+    ("proxy CPU / event, 1 concurrent (us)", None, "cpu_per_event_us_c1", None, "cpu_event_c1"),
+    ("200x2: streams/s", "c200x2_streams_per_s_direct", "c200x2_streams_per_s_router", None, "c200x2"),
+    ("200x2: events/s", "c200x2_events_per_s_direct", "c200x2_events_per_s_router", None, None),
+    ("200x2: errors", "c200x2_errors_direct", "c200x2_errors_router", None, None),
+    ("200x2: peak RSS (MB)", None, "c200x2_peak_rss_mb", None, None),
+    ("proxy CPU / stream, 200 concurrent (ms)", None, "cpu_per_stream_ms_c200", None, None),
+    ("proxy CPU / event, 200 concurrent (us)", None, "cpu_per_event_us_c200", None, "cpu_event_c200"),
+    ("CPU / event growth, 200 vs 1 concurrent (x)", None, "cpu_per_event_growth", None, "cpu_event_growth"),
+    ("1000x1: streams/s", "c1000_streams_per_s_direct", "c1000_streams_per_s_router", None, None),
+    ("1000x1: events/s", "c1000_events_per_s_direct", "c1000_events_per_s_router", None, None),
+    ("1000x1: errors", "c1000_errors_direct", "c1000_errors_router", None, None),
+    ("1000x1: peak RSS (MB)", None, "c1000_peak_rss_mb", None, "c1000"),
+    ("1000x1: connects the full accept queue turned away", None, "c1000_listen_overflows", None, None),
+    ("300 paced streams: wall (s, ideal 4.2)", "paced300_wall_s_direct", "paced300_wall_s_router", None, "paced300"),
+    ("300 paced streams: peak RSS (MB)", None, "paced300_peak_rss_mb", None, None),
+    ("500 paced streams: errors", "paced500_errors_direct", "paced500_errors_router", None, None),
+    ("500 paced: inter-chunk gap p99 (ms)", "paced500_gap_p99_ms_direct", "paced500_gap_p99_ms_router", None, None),
+    ("500 paced: added gap p99 (ms)", None, "paced500_added_gap_p99_ms", None, None),
+    ("500 paced: stream total p99 (s)", "paced500_total_p99_s_direct", "paced500_total_p99_s_router", None, "paced500"),
+    ("500 paced: peak RSS (MB)", None, "paced500_peak_rss_mb", None, None),
+    ("500 paced: proxy CPU / event (us)", None, "cpu_per_event_us_paced500", None, None),
+    ("start-up to first 200 on /v1/models (s)", None, "startup_s", None, "startup"),
+    ("idle RSS (MB)", None, "idle_rss_mb", None, "idle_rss"),
+)  # fmt: skip
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        if v == 0:
+            return "0"
+        a = abs(v)
+        if a >= 1000:
+            return f"{v:,.0f}"
+        if a >= 100:
+            return f"{v:.0f}"
+        if a >= 10:
+            return f"{v:.1f}"
+        if a >= 1:
+            return f"{v:.2f}"
+        return f"{v:.3f}"
+    return str(v)
+
+
+def table(f: dict[str, Any], targets: list[dict[str, Any]], *, markdown: bool = True) -> str:
+    by_name = {t["name"]: t for t in targets}
+    head = ["figure", "DIRECT", "tokn-router", "ratio", "target"]
+    rows = []
+    for label, dk, rk, qk, tn in ROWS:
+        verdict = ""
+        if tn is not None:
+            t = by_name[tn]
+            mark = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
+            verdict = f"{mark}: {t['target']}"
+        rows.append(
+            [
+                label,
+                _fmt(f.get(dk)) if dk else "",
+                _fmt(f.get(rk)) if rk else "",
+                (_fmt(f.get(qk)) + "x") if qk and f.get(qk) is not None else "",
+                verdict,
+            ]
+        )
+    if markdown:
+        out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        out += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(out)
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    for r in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+    return "\n".join(lines)

@@ -1,0 +1,556 @@
+"""``python -m bench``: measure tokn-router against a direct connection.
+
+One invocation starts the fake upstream, measures the daemon's start-up (as
+users start it: ``tokn-router serve --port 0``), then runs each phase in rounds
+that alternate DIRECT (client → fake) and ROUTER (client → daemon → fake), and
+prints a table and writes a JSON file. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bench import procs, report
+from bench.client import Spec
+from bench.phases import BY_NAME, PHASES, Load, Phase
+
+BODY_MESSAGES = [
+    {"role": "system", "content": "You are a terse assistant."},
+    {"role": "user", "content": "Count to two hundred, one number per token."},
+]
+
+
+def request_body(load: Load) -> str:
+    body: dict[str, Any] = {
+        "model": "gpt-4.1",
+        "messages": BODY_MESSAGES,
+        "max_tokens": load.chunks,
+    }
+    if load.stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    if load.delay_ms:
+        body["x_bench_delay_ms"] = load.delay_ms
+    return json.dumps(body, separators=(",", ":"))
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------- processes
+
+
+@dataclass
+class Fake:
+    proc: subprocess.Popen[bytes]
+    url: str
+    port: int
+    pids: list[int]
+
+    def cpu(self) -> float:
+        return sum(procs.cpu_seconds(p) for p in self.pids)
+
+
+def start_fake(n_procs: int) -> Fake:
+    p = procs.spawn(
+        [procs.python(), "-m", "bench.fake_upstream", "--port", "0", "--procs", str(n_procs)]
+    )
+    assert p.stdout is not None
+    reader = procs.LineReader(p.stdout)
+    m = reader.wait_for(r"listening on (http://127\.0\.0\.1:(\d+)) pids ([\d ]+)", 15)
+    return Fake(p, m.group(1), int(m.group(2)), [int(x) for x in m.group(3).split()])
+
+
+def daemon_exe() -> list[str]:
+    exe = Path(sys.executable).parent / "tokn-router"
+    if exe.exists():
+        return [str(exe)]
+    found = shutil.which("tokn-router")
+    if found:
+        return [found]
+    return [sys.executable, "-c", "from tokn_router.cli import entrypoint; entrypoint()"]
+
+
+def write_config(state: Path, fake: Fake, extra: str = "") -> Path:
+    """A fresh config: every start-up exchanges the GitHub token at the fake.
+
+    ``base_url`` pins the API base to the fake: a token the daemon persisted and
+    re-reads carries no ``endpoints.api``.
+    """
+    cfg = state / "config.toml"
+    cfg.write_text(
+        "[server]\n"
+        'host = "127.0.0.1"\n'
+        "port = 0\n\n"
+        "[[accounts]]\n"
+        'id = "bench"\n'
+        'provider = "github-copilot"\n'
+        'refresh_token = "gho_bench"\n'
+        f'refresh_url = "{fake.url}/copilot_internal/v2/token"\n'
+        f'base_url = "{fake.url}"\n' + (f"\n{extra}\n" if extra else "")
+    )
+    cfg.chmod(0o600)
+    return cfg
+
+
+def http_get_status(port: int, path: str, timeout: float = 2.0) -> int:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode()
+        )
+        head = s.recv(65536)
+    try:
+        return int(head[9:12])
+    except ValueError:
+        return 0
+
+
+@dataclass
+class Daemon:
+    proc: subprocess.Popen[bytes]
+    pid: int
+    port: int
+    startup_s: float
+
+
+def start_daemon(cfg: Path, fake: Fake, home: Path, *, timeout: float = 30.0) -> Daemon:
+    env = procs.child_env(
+        {
+            "TOKN_ROUTER_CONFIG": str(cfg),
+            "TOKN_ROUTER_LOG": "warning",
+            "TOKN_ROUTER_GITHUB_URL": fake.url,
+            "TOKN_ROUTER_GITHUB_API_URL": fake.url,
+            "HOME": str(home),
+            "XDG_CONFIG_HOME": str(home / ".config"),
+        }
+    )
+    stderr = open(home / "daemon-stderr.log", "ab")  # noqa: SIM115 - lives as long as the daemon
+    args = [*daemon_exe(), "serve", "--port", "0"]
+    t0 = time.perf_counter()
+    p = procs.spawn(args, env=env, stderr=stderr)
+    stderr.close()
+    assert p.stdout is not None
+    reader = procs.LineReader(p.stdout)
+    try:
+        m = reader.wait_for(r"listening on http://127\.0\.0\.1:(\d+)", timeout)
+    except RuntimeError as e:
+        err = (home / "daemon-stderr.log").read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"{e}\nstderr:\n{err}") from None
+    port = int(m.group(1))
+    deadline = time.perf_counter() + timeout
+    while True:
+        try:
+            if http_get_status(port, "/v1/models") == 200:
+                break
+        except OSError:
+            pass
+        if time.perf_counter() > deadline:
+            raise RuntimeError("the daemon never answered 200 on /v1/models")
+        time.sleep(0.002)
+    startup = time.perf_counter() - t0
+    return Daemon(p, p.pid, port, startup)
+
+
+def supports_proxy() -> bool:
+    try:
+        out = subprocess.run(
+            [*daemon_exe(), "serve", "--help"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=procs.child_env({"COLUMNS": "200"}),
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "--with-proxy" in out.stdout + out.stderr
+
+
+# -------------------------------------------------------------------------- loads
+
+
+def run_load(
+    load: Load,
+    *,
+    target: str,
+    rnd: int,
+    port: int,
+    path: str,
+    fake: Fake,
+    daemon: Daemon | None,
+    client_procs: int,
+    profile: list[str] | None = None,
+) -> report.RunResult:
+    n = max(1, min(client_procs, load.connections))
+    start_at = time.perf_counter() + 0.3 + 0.05 * n  # after every worker has started
+    specs = []
+    body = request_body(load)
+    for i in range(n):
+        conns = load.connections // n + (1 if i < load.connections % n else 0)
+        specs.append(
+            Spec(
+                port=port,
+                path=path,
+                body=body,
+                stream=load.stream,
+                connections=conns,
+                per_conn=load.per_conn,
+                expect_events=load.events_per_stream if load.stream else None,
+                record_gaps=load.record_gaps,
+                start_at=start_at,
+                deadline_s=load.deadline_s,
+                stagger_s=load.stagger_s,
+            )
+        )
+    spy = None
+    if profile and daemon:
+        spy = procs.spawn(
+            [*profile[:-1], "--pid", str(daemon.pid), "-o", profile[-1]],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    workers = [
+        procs.spawn(
+            [procs.python(), "-m", "bench.client"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        for _ in specs
+    ]
+    for w, spec in zip(workers, specs, strict=True):
+        assert w.stdin is not None
+        w.stdin.write(json.dumps(asdict(spec)).encode())
+        w.stdin.close()
+    # Measure from just before the start instant to just after the end.
+    time.sleep(max(0.0, start_at - time.perf_counter() - 0.05))
+    pid = daemon.pid if daemon else None
+    cpu0 = procs.cpu_times(pid) if pid else None
+    fake0 = fake.cpu()
+    busy0 = procs.machine_busy_seconds()
+    window0 = time.perf_counter()
+    overflows0 = procs.listen_overflows()
+    if pid:
+        procs.reset_peak_rss(pid)
+    sampler = procs.RssSampler(pid) if pid else None
+    outs: list[dict[str, Any]] = []
+    try:
+        if sampler:
+            sampler.__enter__()
+        for w in workers:
+            assert w.stdout is not None
+            data = w.stdout.read()
+            w.wait(timeout=load.deadline_s + 60)
+            if w.returncode != 0 or not data:
+                raise RuntimeError(f"load client failed (exit {w.returncode})")
+            outs.append(json.loads(data))
+    finally:
+        if sampler:
+            sampler.__exit__(None, None, None)
+        for w in workers:
+            procs.stop(w)
+        if spy is not None:  # py-spy writes its file on SIGINT
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(spy.pid, signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                spy.wait(timeout=30)
+            procs.stop(spy)
+    res = report.RunResult(target=target, round=rnd, requests=load.requests)
+    res.fake_cpu_s = fake.cpu() - fake0
+    res.machine_busy_s = procs.machine_busy_seconds() - busy0
+    res.window_s = time.perf_counter() - window0
+    res.listen_overflows = procs.listen_overflows() - overflows0
+    if pid and cpu0 is not None:
+        cpu1 = procs.cpu_times(pid)
+        res.daemon_cpu_s = sum(cpu1) - sum(cpu0)
+        res.daemon_sys_s = cpu1[1] - cpu0[1]
+        hwm = procs.status_kb(pid, "VmHWM")
+        assert sampler is not None
+        res.peak_rss_mb = max(hwm, sampler.peak_kb) / 1024.0
+    t_start = min(o["t_start"] for o in outs)
+    t_end = max(o["t_end"] for o in outs)
+    res.wall_s = t_end - t_start
+    for o in outs:
+        res.completed += o["completed"]
+        res.events += o["events"]
+        for k, v in o["errors"].items():
+            res.errors[k] = res.errors.get(k, 0) + v
+        res.first_ms += o["first_ms"]
+        res.total_ms += o["total_ms"]
+        res.gaps_us += o["gaps_us"]
+        res.client_cpu_s += o["cpu_s"]
+    return res
+
+
+# --------------------------------------------------------------------------- main
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions: dict[str, str | None] = {}
+    for pkg in (
+        "tokn-router",
+        "trio",
+        "hypercorn",
+        "quart",
+        "quart-trio",
+        "httpx2",
+        "h11",
+        "msgspec",
+    ):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    git = None
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        git = subprocess.run(
+            ["git", "-C", str(procs.REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu,
+        "mem_total_mb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "versions": versions,
+        "git_head": git,
+        "loadavg_before": list(os.getloadavg()),
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog="python -m bench", description="Benchmark tokn-router against DIRECT (fake upstream)."
+    )
+    ap.add_argument("--quick", action="store_true", help="tiny counts (< 30 s), for the test")
+    ap.add_argument("--out", default="bench/results/latest.json", help="JSON output path")
+    ap.add_argument(
+        "--only",
+        default="",
+        help="comma-separated phases: " + ",".join(p.name for p in PHASES) + " (start-up always)",
+    )
+    ap.add_argument("--rounds", type=int, default=None, help="override the rounds of every phase")
+    ap.add_argument("--client-procs", type=int, default=1, help="load client processes per run")
+    ap.add_argument("--fake-procs", type=int, default=1, help="fake upstream processes")
+    ap.add_argument("--startup-runs", type=int, default=None, help="daemon spawns for start-up")
+    ap.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="attach `py-spy record -f raw` to the daemon during each tokn-router run; "
+        "writes DIR/PHASE-rROUND.txt (summarise with python -m bench.flame); figures inflated",
+    )
+    ap.add_argument(
+        "--profile-opts",
+        default="",
+        help='extra py-spy record options, e.g. "--threads" or "--gil" (quoted, one string)',
+    )
+    ap.add_argument(
+        "--config-extra",
+        default="",
+        metavar="TOML",
+        help='TOML appended to the daemon config (experiments), e.g. "[usage]\\nenabled = false"',
+    )
+    ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    procs.install_cleanup()
+    selected = list(PHASES)
+    if args.only:
+        names = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = [n for n in names if n not in BY_NAME]
+        if unknown:
+            log(f"unknown phase(s): {', '.join(unknown)}")
+            return 2
+        selected = [BY_NAME[n] for n in names]
+    started = time.time()
+    ru0 = resource.getrusage(resource.RUSAGE_SELF)
+    meta = machine_info()
+    meta["command"] = "python -m bench " + shlex.join(argv if argv is not None else sys.argv[1:])
+    meta["quick"] = args.quick
+    meta["client_procs"] = args.client_procs
+    meta["fake_procs"] = args.fake_procs
+    args.config_extra = args.config_extra.replace("\\n", "\n")
+    meta["config_extra"] = args.config_extra or None
+    meta["profiled"] = bool(args.profile)
+    with procs.interrupt_cleanup(), tempfile.TemporaryDirectory(prefix="tokn-bench-") as tmp:
+        home = Path(tmp)
+        (home / ".config").mkdir()
+        state = home / "state"
+        state.mkdir(mode=0o700)
+        has_proxy = supports_proxy()
+        meta["daemon_has_with_proxy"] = has_proxy
+        fake = start_fake(args.fake_procs)
+        log(f"fake upstream at {fake.url} (pids {fake.pids})")
+
+        # -- start-up: fresh daemons, then the one that is measured
+        n_start = args.startup_runs if args.startup_runs is not None else (0 if args.quick else 3)
+        startups = []
+        for _ in range(n_start):
+            d = start_daemon(write_config(state, fake, args.config_extra), fake, home)
+            startups.append(d.startup_s)
+            procs.stop(d.proc, graceful=5)
+        daemon = start_daemon(write_config(state, fake, args.config_extra), fake, home)
+        startups.append(daemon.startup_s)
+        time.sleep(0.3 if args.quick else 1.0)
+        idle_kb = procs.status_kb(daemon.pid, "VmRSS")
+        startup = {
+            "startup_s": report._r(report.median(startups), 3),
+            "startup_runs_s": [round(x, 3) for x in startups],
+            "idle_rss_mb": round(idle_kb / 1024.0, 1),
+        }
+        log(
+            f"daemon pid {daemon.pid} on port {daemon.port}: start-up {startups} s, idle RSS "
+            f"{startup['idle_rss_mb']} MB"
+        )
+        endpoints = {
+            "direct": (fake.port, "/chat/completions", None),
+            "router": (daemon.port, "/v1/chat/completions", daemon),
+        }
+
+        phases_out: dict[str, dict[str, Any]] = {}
+        for phase in selected:
+            if phase.needs == "proxy" and not has_proxy:
+                phases_out[phase.name] = {"skipped": "tokn-router serve has no --with-proxy"}
+                continue
+            if phase.needs == "proxy":
+                phases_out[phase.name] = {
+                    "skipped": "the load client does not speak CONNECT + TLS yet"
+                }
+                continue
+            phases_out[phase.name] = run_phase(phase, args, endpoints, fake)
+
+        # How busy the rest of the machine was while tokn-router was measured
+        meta["other_processes_cores"] = {
+            name: report._r(report._div(ph["router"]["other_cpu_s"], ph["router"]["window_s"]), 2)
+            for name, ph in phases_out.items()
+            if "router" in ph
+        }
+        figs = report.figures(startup, {k: v for k, v in phases_out.items() if "skipped" not in v})
+        targets = report.check_targets(figs)
+        ru1 = resource.getrusage(resource.RUSAGE_SELF)
+        meta["orchestrator_cpu_s"] = round(
+            ru1.ru_utime - ru0.ru_utime + ru1.ru_stime - ru0.ru_stime, 3
+        )
+        meta["duration_s"] = round(time.time() - started, 1)
+        meta["loadavg_after"] = list(os.getloadavg())
+        meta["daemon_rss_end_mb"] = round(procs.status_kb(daemon.pid, "VmRSS") / 1024.0, 1)
+        procs.stop(daemon.proc, graceful=10)
+        procs.stop(fake.proc)
+    result = {
+        "meta": meta,
+        "figures": figs,
+        "targets": targets,
+        "startup": startup,
+        "phases": phases_out,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(report.table(figs, targets, markdown=args.markdown))
+    print(
+        "\nother processes' CPU during the tokn-router runs (cores, of "
+        f"{meta['nproc']}): "
+        + ", ".join(f"{k} {v}" for k, v in meta["other_processes_cores"].items())
+    )
+    missed = [t["target"] for t in targets if t["met"] is False]
+    print(f"\n{len(missed)} target(s) missed" + (": " + "; ".join(missed) if missed else ""))
+    print(f"wrote {out} in {meta['duration_s']} s")
+    return 0
+
+
+def ours(res: report.RunResult) -> float:
+    return res.client_cpu_s + res.fake_cpu_s + (res.daemon_cpu_s or 0.0)
+
+
+def run_phase(
+    phase: Phase,
+    args: argparse.Namespace,
+    endpoints: dict[str, tuple[int, str, Daemon | None]],
+    fake: Fake,
+) -> dict[str, Any]:
+    load = phase.load(args.quick)
+    rounds = args.rounds or phase.n_rounds(args.quick)
+    targets = [t for t in phase.targets if t in endpoints]
+    if phase.warmup:
+        warm = Load(stream=load.stream, connections=1, per_conn=phase.warmup, chunks=load.chunks)
+        for t in targets:
+            port, path, d = endpoints[t]
+            run_load(warm, target=t, rnd=-1, port=port, path=path, fake=fake, daemon=d,
+                     client_procs=1)  # fmt: skip
+    runs: dict[str, list[report.RunResult]] = {t: [] for t in targets}
+    for rnd in range(rounds):
+        order = targets if rnd % 2 == 0 else targets[::-1]
+        for t in order:
+            port, path, d = endpoints[t]
+            profile = None
+            if args.profile and d is not None:
+                spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+                prof_path = Path(args.profile) / f"{phase.name}-r{rnd}.txt"
+                prof_path.parent.mkdir(parents=True, exist_ok=True)
+                profile = [spy, "record", "--nonblocking", "-r", "250", "-f", "raw"]
+                profile += [*shlex.split(args.profile_opts), str(prof_path)]
+            res = run_load(
+                load,
+                target=t,
+                rnd=rnd,
+                port=port,
+                path=path,
+                fake=fake,
+                daemon=d,
+                client_procs=args.client_procs,
+                profile=profile,
+            )
+            runs[t].append(res)
+            log(
+                f"{phase.name:<10} round {rnd} {t:<7} {res.completed}/{res.requests} ok, "
+                f"{res.error_count} errors {res.errors or ''} wall {res.wall_s:.3f}s"
+                + (
+                    f" daemon cpu {res.daemon_cpu_s:.2f}s (sys {res.daemon_sys_s or 0:.2f}s)"
+                    if res.daemon_cpu_s is not None
+                    else ""
+                )
+                + f" client cpu {res.client_cpu_s:.2f}s fake cpu {res.fake_cpu_s:.2f}s"
+                + f" other processes {res.machine_busy_s - ours(res):.2f}s"
+                + (f" LISTEN OVERFLOWS {res.listen_overflows}" if res.listen_overflows else "")
+            )
+    out: dict[str, Any] = {
+        "title": phase.title,
+        "load": asdict(load),
+        "rounds": rounds,
+        "runs": [r.brief() for t in targets for r in runs[t]],
+    }
+    for t in targets:
+        out[t] = report.summarize(runs[t])
+    return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,151 @@
+"""The benchmark harness runs (``python -m bench --quick``) and reports every figure.
+
+Timings are never asserted here: the bench judges them, the test only keeps the
+harness from rotting.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Figures that are counts (of failures): present and exactly an int >= 0.
+ERROR_FIGURES = (
+    "nonstream_errors_router",
+    "stream_errors_router",
+    "c200x2_errors_direct",
+    "c200x2_errors_router",
+    "c1000_errors_direct",
+    "c1000_errors_router",
+    "paced300_errors_router",
+    "paced500_errors_direct",
+    "paced500_errors_router",
+    "c1000_listen_overflows",
+)
+
+# Figures that must be measured (a number > 0) on every run.
+POSITIVE_FIGURES = (
+    "startup_s",
+    "idle_rss_mb",
+    "nonstream_p50_ms_direct",
+    "nonstream_p50_ms_router",
+    "nonstream_p50_ratio",
+    "nonstream_p99_ms_direct",
+    "nonstream_p99_ms_router",
+    "nonstream_p99_ratio",
+    "cpu_per_request_ms",
+    "stream_ttfe_p50_ms_direct",
+    "stream_ttfe_p50_ms_router",
+    "stream_ttfe_p50_ratio",
+    "stream_ttfe_p99_ms_direct",
+    "stream_ttfe_p99_ms_router",
+    "stream_ttfe_p99_ratio",
+    "stream_total_p50_ms_direct",
+    "stream_total_p50_ms_router",
+    "stream_total_p50_ratio",
+    "stream_total_p99_ms_direct",
+    "stream_total_p99_ms_router",
+    "stream_total_p99_ratio",
+    "cpu_per_stream_ms_c1",
+    "cpu_per_event_us_c1",
+    "c200x2_streams_per_s_direct",
+    "c200x2_streams_per_s_router",
+    "c200x2_events_per_s_direct",
+    "c200x2_events_per_s_router",
+    "c200x2_peak_rss_mb",
+    "cpu_per_stream_ms_c200",
+    "cpu_per_event_us_c200",
+    "cpu_per_event_growth",
+    "c1000_streams_per_s_direct",
+    "c1000_streams_per_s_router",
+    "c1000_events_per_s_direct",
+    "c1000_events_per_s_router",
+    "c1000_peak_rss_mb",
+    "paced300_wall_s_direct",
+    "paced300_wall_s_router",
+    "paced300_peak_rss_mb",
+    "paced500_gap_p99_ms_direct",
+    "paced500_gap_p99_ms_router",
+    "paced500_total_p99_s_direct",
+    "paced500_total_p99_s_router",
+    "paced500_peak_rss_mb",
+    "cpu_per_event_us_paced500",
+)
+
+# Present and a number, of either sign (a difference of two noisy percentiles).
+SIGNED_FIGURES = ("paced500_added_gap_p99_ms",)
+
+PHASES = ("nonstream", "stream", "c200x2", "c1000", "paced300", "paced500")
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("bench") / "quick.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert "target(s) missed" in proc.stdout
+    data: dict[str, Any] = json.loads(out.read_text())
+    return data
+
+
+@pytest.mark.timeout(150)
+def test_quick_run_reports_every_figure(quick_run: dict[str, Any]) -> None:
+    from bench.report import FIGURE_KEYS
+
+    figs = quick_run["figures"]
+    expected = set(ERROR_FIGURES) | set(POSITIVE_FIGURES) | set(SIGNED_FIGURES)
+    assert expected == set(FIGURE_KEYS)
+    assert set(figs) == expected
+    for key in ERROR_FIGURES:
+        assert isinstance(figs[key], int) and figs[key] >= 0, (key, figs[key])
+    for key in POSITIVE_FIGURES:
+        value = figs[key]
+        assert isinstance(value, int | float) and value > 0, (key, value)
+    for key in SIGNED_FIGURES:
+        assert isinstance(figs[key], int | float), (key, figs[key])
+
+
+@pytest.mark.timeout(150)
+def test_quick_run_phases_and_targets(quick_run: dict[str, Any]) -> None:
+    phases = quick_run["phases"]
+    for name in PHASES:
+        phase = phases[name]
+        for target in ("direct", "router"):
+            s = phase[target]
+            assert s["requests"] > 0
+            # every request either completed or was counted as an error
+            assert s["completed"] + s["errors"] == s["requests"], (name, target, s)
+            assert s["wall_s"] > 0
+            assert s["client_cpu_s"] >= 0 and s["fake_cpu_s"] >= 0
+        assert phase["router"]["proxy_cpu_s"] >= 0
+        assert phase["direct"]["proxy_cpu_s"] is None
+        if phase["load"]["stream"]:
+            per_stream = phase["load"]["chunks"] + 4
+            direct = phase["direct"]
+            if direct["errors"] == 0:
+                assert direct["events"] == direct["completed"] * per_stream
+    # the MITM-proxy phases are present, run or skipped with a reason
+    for name in ("proxy_nonstream", "proxy_stream"):
+        assert name in phases
+        assert "skipped" in phases[name] or "direct" in phases[name]
+    assert [t["name"] for t in quick_run["targets"]]
+    for t in quick_run["targets"]:
+        assert t["met"] in (True, False), t
+    meta = quick_run["meta"]
+    assert meta["quick"] is True
+    assert meta["nproc"] >= 1 and meta["python"]
+    startup = quick_run["startup"]
+    assert startup["startup_runs_s"] and all(x > 0 for x in startup["startup_runs_s"])
