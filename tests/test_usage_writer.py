@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from tokn_router import config
 from tokn_router.usage import (
@@ -441,3 +442,20 @@ def test_malformed_records_are_skipped_alone(
     warnings = errors_logged(caplog, logging.WARNING)
     assert any("'req-2' cannot be stored" in m for m in warnings)
     assert any("'req-3' cannot be stored" in m for m in warnings)
+
+
+def test_rows_arriving_one_by_one_share_a_batch(tmp_path: Path) -> None:
+    """Sequential requests report a row each: the writer lingers to batch them."""
+    ledger = Ledger(tmp_path / "usage.db")
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(ledger.run)
+            for i in range(5):
+                ledger.submit(record(i))
+                await trio.sleep(0.005)  # virtual time: requests a few ms apart
+            await ledger.aclose()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert ledger.health.rows_written == 5
+    assert ledger.health.batches_written == 1

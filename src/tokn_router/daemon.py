@@ -264,6 +264,9 @@ class Daemon:
         hcfg.errorlog = logging.getLogger("hypercorn.error")
         hcfg.graceful_timeout = self.cfg.server.shutdown_grace_secs
         hcfg.keep_alive_timeout = 75
+        # hypercorn defaults to 100: a burst of agents connecting at once would
+        # overflow the accept queue and wait seconds for a retry
+        hcfg.backlog = 4096
         hcfg.h11_max_incomplete_size = 64 * 1024
         hcfg.h2_max_inbound_frame_size = 2**14
         self._api_done = trio.Event()

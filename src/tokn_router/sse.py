@@ -63,14 +63,23 @@ completion_decoder = msgspec.json.Decoder(ChatCompletion)
 
 
 def _event_end(buf: bytes | bytearray, start: int) -> tuple[int, int]:
-    """Find the next blank line at or after ``start``: (index, length) or (-1, 0)."""
+    """Find the next blank line at or after ``start``: (index, length) or (-1, 0).
+
+    Linear overall: the ``\r\n\r\n`` search is bounded by the ``\n\n`` hit, so
+    a buffer holding many LF-framed events is not rescanned to its end per event.
+    A CRLF-framed event ends in ``\r\n\r\n``, whose ``\n\r\n`` contains no
+    ``\n\n``; such streams are rare (none of our upstreams) and fall back to
+    one unbounded CRLF search.
+    """
     lf = buf.find(b"\n\n", start)
-    crlf = buf.find(b"\r\n\r\n", start)
-    if crlf != -1 and (lf == -1 or crlf < lf):
+    if lf == -1:
+        crlf = buf.find(b"\r\n\r\n", start)
+        return (crlf, 4) if crlf != -1 else (-1, 0)
+    # a CRLF terminator before the LF one? (it cannot overlap it)
+    crlf = buf.find(b"\r\n\r\n", start, lf + 1)
+    if crlf != -1:
         return crlf, 4
-    if lf != -1:
-        return lf, 2
-    return -1, 0
+    return lf, 2
 
 
 def _data_payload(event: bytes) -> bytes | None:

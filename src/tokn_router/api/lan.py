@@ -31,8 +31,6 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 import trio
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from quart import Response, request
 from werkzeug.exceptions import NotFound
 
@@ -465,6 +463,10 @@ _NO_STORE = {"Cache-Control": "no-store"}
 
 def _public_pem(path: Path, data: bytes, expected_sha256: str) -> bytes:
     """The one certificate in ``data``, re-encoded (so nothing else can leak)."""
+    # imported here: cryptography is heavy and only LAN mode needs it
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
     cert = x509.load_pem_x509_certificate(data)
     fingerprint = cert.fingerprint(hashes.SHA256()).hex(":").upper()
     if fingerprint != expected_sha256.upper():
