@@ -325,5 +325,3 @@ def test_edit_refuses_a_file_changed_meanwhile(
     kept = [p for p in tmp_path.iterdir() if ".edit-" in p.name]
     assert len(kept) == 1 and kept[0].read_text() == "[server]\nport = 2\n"
     assert stat.S_IMODE(kept[0].stat().st_mode) == 0o600
-
-
