@@ -199,7 +199,7 @@ def test_openai_sdk_sees_mid_stream_failure(fake: FakeUpstream, one_account: Non
 
 
 def test_sigterm_lets_in_flight_stream_finish(
-    fake: FakeUpstream, one_account: None, daemon
+    fake: FakeUpstream, one_account: None, daemon, env_home
 ) -> None:
     d = daemon()
     fake.script(CHAT, chunks=8, chunk_delay=0.15)
@@ -223,6 +223,16 @@ def test_sigterm_lets_in_flight_stream_finish(
     assert d.wait_exit(20) == 0
     text = "\n".join(lines)
     assert "chunk7" in text and "data: [DONE]" in text
+    # the stream that finished during the grace period has its ledger row, usage included
+    import sqlite3
+
+    conn = sqlite3.connect(env_home.state_dir / "usage.db")
+    try:
+        (status, usage) = conn.execute("SELECT status, usage_json FROM requests").fetchone()
+    finally:
+        conn.close()
+    assert status == 200
+    assert json.loads(usage)["output"] == fake.last(CHAT).usage["completion_tokens"]
 
 
 def test_sighup_reloads_accounts(fake: FakeUpstream, write_config, daemon) -> None:
