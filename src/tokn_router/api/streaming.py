@@ -61,9 +61,25 @@ async def relay_stream(
 ) -> AsyncIterator[bytes]:
     """The client body of a streamed response; ``on_done`` runs exactly once at the end."""
     send, recv = trio.open_memory_channel[bytes](64)
-    pump_scope = trio.CancelScope()
+    pump_scope = trio.CancelScope()  # cancelled when the body ends
+    tick_scope = trio.CancelScope()
     pump_done = trio.Event()
     failure: list[BaseException] = []
+    last_chunk = [trio.current_time()]
+
+    async def ticker() -> None:
+        # One wake-up per `keepalive` seconds instead of a timeout per event
+        # (a cancel scope with a deadline costs ~7 µs, a third of an event).
+        with tick_scope:
+            while True:
+                await trio.sleep(keepalive)
+                if trio.current_time() - last_chunk[0] >= keepalive:
+                    try:
+                        send.send_nowait(KEEPALIVE)
+                    except trio.WouldBlock:
+                        pass  # data is queued: no keep-alive needed
+                    except (trio.ClosedResourceError, trio.BrokenResourceError):
+                        return
 
     async def pump() -> None:
         try:
@@ -71,6 +87,7 @@ async def relay_stream(
                 # aclosing: finalise httpx's generator here, not in the GC
                 async with send, contextlib.aclosing(resp.aiter_bytes()) as chunks:
                     async for chunk in chunks:
+                        last_chunk[0] = trio.current_time()
                         await send.send(chunk)
         except httpx.HTTPError as e:
             failure.append(e)
@@ -82,24 +99,25 @@ async def relay_stream(
             pump_done.set()
 
     spawn(pump)
+    spawn(ticker)
     try:
         with recv:
             while True:
-                with trio.move_on_after(keepalive) as idle:
-                    try:
-                        chunk = await recv.receive()
-                    except trio.EndOfChannel:
-                        break
-                if idle.cancelled_caught:
-                    log.debug("keepalive %s", rlog.request_id)
+                try:
+                    chunk = await recv.receive()
+                except trio.EndOfChannel:
+                    break
+                if chunk is KEEPALIVE:
                     yield KEEPALIVE
                     continue
                 parts = [chunk]
                 while True:
                     try:
-                        parts.append(recv.receive_nowait())
+                        more = recv.receive_nowait()
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
+                    if more is not KEEPALIVE:
+                        parts.append(more)
                 out = transform.feed(parts[0] if len(parts) == 1 else b"".join(parts))
                 if rlog.ttft_ms is None and transform.first_content:
                     rlog.mark_first_token()
@@ -122,6 +140,7 @@ async def relay_stream(
         raise
     finally:
         pump_scope.cancel()
+        tick_scope.cancel()
         with trio.CancelScope(shield=True):
             await pump_done.wait()
         on_done()
