@@ -7,9 +7,13 @@ client → fake upstream; ROUTER = client → tokn-router → fake upstream), in
 to :func:`bench.report.figures` and the table rows there.
 
 Phases with ``needs="proxy"`` run only when ``tokn-router serve --help`` lists
-``--with-proxy``; their targets are ``proxy_warm`` / ``proxy_cold`` (client →
-``CONNECT`` + TLS through the MITM proxy), which the load client does not speak
-yet: they are reported as skipped until it does (see bench/README.md).
+``--with-proxy``, against a second daemon started with ``--with-proxy`` (so the
+start-up and idle figures of the first stay those of a plain ``serve``). Their
+targets: ``direct`` and ``router`` (that daemon's API listener) as everywhere, and
+through the MITM proxy (``CONNECT`` + TLS): ``mitm`` (``api.openai.com``; one
+tunnel reused when the load keeps connections, a new tunnel and TLS handshake per
+request with ``new_conn_each``) and ``mitm_newhost`` (a new tunnel per request to
+a host the proxy has never seen, so it also mints a leaf certificate).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ class Load:
     record_gaps: bool = False
     stagger_s: float = 0.0
     deadline_s: float = 120.0
+    new_conn_each: bool = False  # each request on a new connection, sequentially
 
     @property
     def requests(self) -> int:
@@ -115,22 +120,34 @@ PHASES: list[Phase] = [
         full=replace(_paced, connections=500),
         quick=replace(_paced, connections=30, chunks=20, delay_ms=10.0, stagger_s=0.01),
     ),
-    # Through the MITM proxy (CONNECT + TLS), once `serve --with-proxy` exists.
+    # Through the MITM proxy (CONNECT + TLS), against a daemon started with --with-proxy.
     Phase(
         "proxy_nonstream",
-        "non-stream latency through the MITM proxy (warm tunnel / new host)",
+        "non-stream latency, sequential, through the MITM proxy (one warm tunnel)",
         full=Load(stream=False, connections=1, per_conn=1000),
         quick=Load(stream=False, connections=1, per_conn=30),
         needs="proxy",
-        targets=("direct", "proxy_warm", "proxy_cold"),
+        targets=("direct", "router", "mitm"),
+        warmup=50,
     ),
     Phase(
         "proxy_stream",
-        f"{STREAM_CHUNKS}-chunk streams through the MITM proxy",
+        f"{STREAM_CHUNKS}-chunk streams, sequential, through the MITM proxy (one warm tunnel)",
         full=_stream,
         quick=replace(_stream, per_conn=5),
         needs="proxy",
-        targets=("direct", "proxy_warm"),
+        targets=("direct", "router", "mitm"),
+        warmup=5,
+    ),
+    Phase(
+        "proxy_newconn",
+        "one non-stream request per new connection, sequential: TCP (direct, router), "
+        "CONNECT + TLS to a known host (mitm), to a new host (mitm_newhost)",
+        full=Load(stream=False, connections=1, per_conn=100, new_conn_each=True),
+        quick=Load(stream=False, connections=1, per_conn=10, new_conn_each=True),
+        needs="proxy",
+        targets=("direct", "router", "mitm", "mitm_newhost"),
+        warmup=5,
     ),
 ]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +51,8 @@ class RunResult:
     first_ms: list[float] = field(default_factory=list)
     total_ms: list[float] = field(default_factory=list)
     gaps_us: list[int] = field(default_factory=list)
+    connect_ms: list[float] = field(default_factory=list)  # tunnels: TCP connect -> CONNECT 200
+    tls_ms: list[float] = field(default_factory=list)  # tunnels: CONNECT 200 -> handshake done
     daemon_cpu_s: float | None = None
     daemon_sys_s: float | None = None  # the kernel's part of daemon_cpu_s
     fake_cpu_s: float = 0.0
@@ -90,6 +92,8 @@ def summarize(runs: list[RunResult]) -> dict[str, Any]:
     first = [x for r in runs for x in r.first_ms]
     total = [x for r in runs for x in r.total_ms]
     gaps = [x for r in runs for x in r.gaps_us]
+    connect = [x for r in runs for x in r.connect_ms]
+    tls = [x for r in runs for x in r.tls_ms]
     requests = sum(r.requests for r in runs)
     completed = sum(r.completed for r in runs)
     events = sum(r.events for r in runs)
@@ -124,6 +128,10 @@ def summarize(runs: list[RunResult]) -> dict[str, Any]:
         "total_p50_ms": _r(percentile(total, 50)),
         "total_p99_ms": _r(percentile(total, 99)),
         "total_max_ms": _r(max(total) if total else None),
+        "tunnels": len(tls),
+        "connect_p50_ms": _r(percentile(connect, 50)),
+        "tls_p50_ms": _r(percentile(tls, 50)),
+        "tls_p99_ms": _r(percentile(tls, 99)),
         "gap_p50_ms": _r(None if gp50 is None else gp50 / 1000),
         "gap_p99_ms": _r(None if gp99 is None else gp99 / 1000),
         "gap_max_ms": _r(max(gaps) / 1000 if gaps else None),
@@ -204,12 +212,87 @@ FIGURE_KEYS: tuple[str, ...] = (
     "cpu_per_event_us_paced500",
 )
 
+# Through the MITM proxy (a daemon started with --with-proxy). Targets: ``direct``,
+# ``router`` (that daemon's API listener), ``mitm`` (CONNECT + TLS to api.openai.com)
+# and, in proxy_newconn, ``mitm_newhost`` (a never-seen host per tunnel: leaf minted).
+# ``*_ratio`` = MITM / DIRECT, ``*_vs_router`` = MITM / API listener.
+PROXY_FIGURE_KEYS: tuple[str, ...] = (
+    "with_proxy_startup_s",
+    "with_proxy_idle_rss_mb",
+    "proxy_nonstream_p50_ms_direct",
+    "proxy_nonstream_p50_ms_router",
+    "proxy_nonstream_p50_ms_mitm",
+    "proxy_nonstream_p50_ratio",
+    "proxy_nonstream_p50_vs_router",
+    "proxy_nonstream_p99_ms_direct",
+    "proxy_nonstream_p99_ms_router",
+    "proxy_nonstream_p99_ms_mitm",
+    "proxy_nonstream_p99_ratio",
+    "proxy_nonstream_p99_vs_router",
+    "proxy_nonstream_cpu_per_request_ms_router",
+    "proxy_nonstream_cpu_per_request_ms_mitm",
+    "proxy_nonstream_client_cpu_per_request_us_direct",
+    "proxy_nonstream_client_cpu_per_request_us_router",
+    "proxy_nonstream_client_cpu_per_request_us_mitm",
+    "proxy_stream_ttfe_p50_ms_direct",
+    "proxy_stream_ttfe_p50_ms_router",
+    "proxy_stream_ttfe_p50_ms_mitm",
+    "proxy_stream_ttfe_p50_ratio",
+    "proxy_stream_ttfe_p50_vs_router",
+    "proxy_stream_ttfe_p99_ms_direct",
+    "proxy_stream_ttfe_p99_ms_router",
+    "proxy_stream_ttfe_p99_ms_mitm",
+    "proxy_stream_ttfe_p99_ratio",
+    "proxy_stream_ttfe_p99_vs_router",
+    "proxy_stream_total_p50_ms_direct",
+    "proxy_stream_total_p50_ms_router",
+    "proxy_stream_total_p50_ms_mitm",
+    "proxy_stream_total_p50_ratio",
+    "proxy_stream_total_p50_vs_router",
+    "proxy_stream_total_p99_ms_direct",
+    "proxy_stream_total_p99_ms_router",
+    "proxy_stream_total_p99_ms_mitm",
+    "proxy_stream_total_p99_ratio",
+    "proxy_stream_total_p99_vs_router",
+    "proxy_stream_cpu_per_stream_ms_router",
+    "proxy_stream_cpu_per_stream_ms_mitm",
+    "proxy_stream_cpu_per_event_us_router",
+    "proxy_stream_cpu_per_event_us_mitm",
+    "proxy_stream_client_cpu_per_event_us_direct",
+    "proxy_stream_client_cpu_per_event_us_router",
+    "proxy_stream_client_cpu_per_event_us_mitm",
+    "proxy_newconn_p50_ms_direct",
+    "proxy_newconn_p50_ms_router",
+    "proxy_newconn_p50_ms_mitm",
+    "proxy_newconn_p50_ratio",
+    "proxy_newconn_p50_vs_router",
+    "proxy_newconn_p99_ms_direct",
+    "proxy_newconn_p99_ms_router",
+    "proxy_newconn_p99_ms_mitm",
+    "proxy_newconn_p99_ratio",
+    "proxy_newconn_p99_vs_router",
+    "proxy_newhost_p50_ms_mitm",
+    "proxy_newhost_p50_ratio",
+    "proxy_newhost_p50_vs_router",
+    "proxy_newhost_p99_ms_mitm",
+    "proxy_newhost_p99_ratio",
+    "proxy_newhost_p99_vs_router",
+    "proxy_tls_p50_ms_knownhost",
+    "proxy_tls_p50_ms_newhost",
+    "proxy_newconn_cpu_per_request_ms_router",
+    "proxy_newconn_cpu_per_request_ms_mitm",
+    "proxy_newhost_cpu_per_request_ms_mitm",
+    "proxy_errors_direct",
+    "proxy_errors_router",
+    "proxy_errors_mitm",
+)
+
 
 def figures(
     startup: dict[str, Any], phases: dict[str, dict[str, dict[str, Any]]]
 ) -> dict[str, float | int | None]:
     """The flat figures of a run (None where a phase did not run)."""
-    f: dict[str, float | int | None] = dict.fromkeys(FIGURE_KEYS)
+    f: dict[str, float | int | None] = dict.fromkeys(FIGURE_KEYS + PROXY_FIGURE_KEYS)
     f["startup_s"] = startup.get("startup_s")
     f["idle_rss_mb"] = startup.get("idle_rss_mb")
 
@@ -257,7 +340,63 @@ def figures(
     f["paced500_added_gap_p99_ms"] = _r(gr - gd) if gd is not None and gr is not None else None
     f["paced500_peak_rss_mb"] = get("paced500", "router", "peak_rss_mb")
     f["cpu_per_event_us_paced500"] = get("paced500", "router", "cpu_per_event_us")
+    _proxy_figures(f, startup, get)
     return f
+
+
+def _proxy_figures(
+    f: dict[str, float | int | None], startup: dict[str, Any], get: Callable[[str, str, str], Any]
+) -> None:
+    f["with_proxy_startup_s"] = startup.get("with_proxy_startup_s")
+    f["with_proxy_idle_rss_mb"] = startup.get("with_proxy_idle_rss_mb")
+
+    def triple(base: str, phase: str, key: str, mitm: str = "mitm", out: str = "") -> None:
+        """``{base}_ms_{direct,router,mitm}``, ``{base}_ratio`` and ``{base}_vs_router``."""
+        d, r, m = get(phase, "direct", key), get(phase, "router", key), get(phase, mitm, key)
+        if not out:
+            f[f"{base}_ms_direct"] = d
+            f[f"{base}_ms_router"] = r
+        f[f"{out or base}_ms_mitm"] = m
+        f[f"{out or base}_ratio"] = _r(_div(m, d), 2)
+        f[f"{out or base}_vs_router"] = _r(_div(m, r), 2)
+
+    for q in ("p50", "p99"):
+        triple(f"proxy_nonstream_{q}", "proxy_nonstream", f"total_{q}_ms")
+        triple(f"proxy_stream_ttfe_{q}", "proxy_stream", f"first_{q}_ms")
+        triple(f"proxy_stream_total_{q}", "proxy_stream", f"total_{q}_ms")
+        triple(f"proxy_newconn_{q}", "proxy_newconn", f"total_{q}_ms")
+        triple(
+            f"proxy_newconn_{q}",
+            "proxy_newconn",
+            f"total_{q}_ms",
+            mitm="mitm_newhost",
+            out=f"proxy_newhost_{q}",
+        )
+    for t in ("router", "mitm"):
+        f[f"proxy_nonstream_cpu_per_request_ms_{t}"] = get(
+            "proxy_nonstream", t, "cpu_per_request_ms"
+        )
+        f[f"proxy_stream_cpu_per_stream_ms_{t}"] = get("proxy_stream", t, "cpu_per_request_ms")
+        f[f"proxy_stream_cpu_per_event_us_{t}"] = get("proxy_stream", t, "cpu_per_event_us")
+        f[f"proxy_newconn_cpu_per_request_ms_{t}"] = get("proxy_newconn", t, "cpu_per_request_ms")
+    f["proxy_newhost_cpu_per_request_ms_mitm"] = get(
+        "proxy_newconn", "mitm_newhost", "cpu_per_request_ms"
+    )
+    for t in ("direct", "router", "mitm"):
+        f[f"proxy_nonstream_client_cpu_per_request_us_{t}"] = get(
+            "proxy_nonstream", t, "client_cpu_per_request_us"
+        )
+        f[f"proxy_stream_client_cpu_per_event_us_{t}"] = get(
+            "proxy_stream", t, "client_cpu_per_event_us"
+        )
+    f["proxy_tls_p50_ms_knownhost"] = get("proxy_newconn", "mitm", "tls_p50_ms")
+    f["proxy_tls_p50_ms_newhost"] = get("proxy_newconn", "mitm_newhost", "tls_p50_ms")
+    phases = ("proxy_nonstream", "proxy_stream", "proxy_newconn")
+    targets = {"direct": ("direct",), "router": ("router",), "mitm": ("mitm", "mitm_newhost")}
+    for name, ts in targets.items():
+        counts = [get(ph, t, "errors") for ph in phases for t in ts]
+        ran = [c for c in counts if c is not None]
+        f[f"proxy_errors_{name}"] = sum(ran) if ran else None
 
 
 # -------------------------------------------------------------------------- targets
@@ -390,6 +529,71 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+# (label, DIRECT key, API-listener key, MITM key); ratios are computed from the cells
+PROXY_ROWS: tuple[tuple[str, str | None, str | None, str | None], ...] = (
+    ("non-stream p50, one warm tunnel (ms)", "proxy_nonstream_p50_ms_direct", "proxy_nonstream_p50_ms_router", "proxy_nonstream_p50_ms_mitm"),
+    ("non-stream p99, one warm tunnel (ms)", "proxy_nonstream_p99_ms_direct", "proxy_nonstream_p99_ms_router", "proxy_nonstream_p99_ms_mitm"),
+    ("daemon CPU / non-stream request (ms)", None, "proxy_nonstream_cpu_per_request_ms_router", "proxy_nonstream_cpu_per_request_ms_mitm"),
+    ("200-chunk stream: first event p50 (ms)", "proxy_stream_ttfe_p50_ms_direct", "proxy_stream_ttfe_p50_ms_router", "proxy_stream_ttfe_p50_ms_mitm"),
+    ("200-chunk stream: first event p99 (ms)", "proxy_stream_ttfe_p99_ms_direct", "proxy_stream_ttfe_p99_ms_router", "proxy_stream_ttfe_p99_ms_mitm"),
+    ("200-chunk stream: total p50 (ms)", "proxy_stream_total_p50_ms_direct", "proxy_stream_total_p50_ms_router", "proxy_stream_total_p50_ms_mitm"),
+    ("200-chunk stream: total p99 (ms)", "proxy_stream_total_p99_ms_direct", "proxy_stream_total_p99_ms_router", "proxy_stream_total_p99_ms_mitm"),
+    ("daemon CPU / stream (ms)", None, "proxy_stream_cpu_per_stream_ms_router", "proxy_stream_cpu_per_stream_ms_mitm"),
+    ("daemon CPU / event (us)", None, "proxy_stream_cpu_per_event_us_router", "proxy_stream_cpu_per_event_us_mitm"),
+    ("new connection + 1 request p50 (ms; MITM: tunnel + TLS, known host)", "proxy_newconn_p50_ms_direct", "proxy_newconn_p50_ms_router", "proxy_newconn_p50_ms_mitm"),
+    ("new connection + 1 request p99 (ms)", "proxy_newconn_p99_ms_direct", "proxy_newconn_p99_ms_router", "proxy_newconn_p99_ms_mitm"),
+    ("first request to a new host p50 (ms; MITM: + leaf minted)", "proxy_newconn_p50_ms_direct", "proxy_newconn_p50_ms_router", "proxy_newhost_p50_ms_mitm"),
+    ("first request to a new host p99 (ms)", "proxy_newconn_p99_ms_direct", "proxy_newconn_p99_ms_router", "proxy_newhost_p99_ms_mitm"),
+    ("TLS handshake p50 as the client sees it, known host (ms)", None, None, "proxy_tls_p50_ms_knownhost"),
+    ("TLS handshake p50 as the client sees it, new host (ms)", None, None, "proxy_tls_p50_ms_newhost"),
+    ("daemon CPU / request on a new connection, known host (ms)", None, "proxy_newconn_cpu_per_request_ms_router", "proxy_newconn_cpu_per_request_ms_mitm"),
+    ("daemon CPU / first request to a new host (ms)", None, "proxy_newconn_cpu_per_request_ms_router", "proxy_newhost_cpu_per_request_ms_mitm"),
+    ("errors (all three phases)", "proxy_errors_direct", "proxy_errors_router", "proxy_errors_mitm"),
+    ("load client CPU / non-stream request (us)", "proxy_nonstream_client_cpu_per_request_us_direct", "proxy_nonstream_client_cpu_per_request_us_router", "proxy_nonstream_client_cpu_per_request_us_mitm"),
+    ("load client CPU / stream event (us)", "proxy_stream_client_cpu_per_event_us_direct", "proxy_stream_client_cpu_per_event_us_router", "proxy_stream_client_cpu_per_event_us_mitm"),
+    ("start-up to first 200 (s; API: serve, MITM: serve --with-proxy, CA created)", None, "startup_s", "with_proxy_startup_s"),
+    ("idle RSS (MB; API: serve, MITM: serve --with-proxy)", None, "idle_rss_mb", "with_proxy_idle_rss_mb"),
+)  # fmt: skip
+
+PROXY_HEAD = ["through the MITM proxy", "DIRECT", "API listener", "MITM proxy", "÷ DIRECT", "÷ API"]
+
+
+def _ratio_cell(a: Any, b: Any) -> str:
+    q = _div(a, b)
+    return "" if q is None else _fmt(q) + "x"
+
+
+def proxy_table(f: dict[str, Any], *, markdown: bool = True) -> str:
+    """DIRECT, the API listener and the MITM proxy of the --with-proxy daemon, side by side."""
+    rows = []
+    for label, dk, rk, mk in PROXY_ROWS:
+        d, r, m = (f.get(k) if k else None for k in (dk, rk, mk))
+        rows.append(
+            [
+                label,
+                _fmt(d) if dk else "",
+                _fmt(r) if rk else "",
+                _fmt(m) if mk else "",
+                _ratio_cell(m, d) if "errors" not in label else "",
+                _ratio_cell(m, r) if "errors" not in label else "",
+            ]
+        )
+    return _render(PROXY_HEAD, rows, markdown)
+
+
+def _render(head: list[str], rows: list[list[str]], markdown: bool) -> str:
+    if markdown:
+        out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        out += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(out)
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    for r in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+    return "\n".join(lines)
+
+
 def table(f: dict[str, Any], targets: list[dict[str, Any]], *, markdown: bool = True) -> str:
     by_name = {t["name"]: t for t in targets}
     head = ["figure", "DIRECT", "tokn-router", "ratio", "target"]
@@ -409,13 +613,4 @@ def table(f: dict[str, Any], targets: list[dict[str, Any]], *, markdown: bool = 
                 verdict,
             ]
         )
-    if markdown:
-        out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        out += ["| " + " | ".join(r) + " |" for r in rows]
-        return "\n".join(out)
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    for r in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
-    return "\n".join(lines)
+    return _render(head, rows, markdown)

@@ -3,7 +3,9 @@
 One invocation starts the fake upstream, measures the daemon's start-up (as
 users start it: ``tokn-router serve --port 0``), then runs each phase in rounds
 that alternate DIRECT (client → fake) and ROUTER (client → daemon → fake), and
-prints a table and writes a JSON file. See bench/README.md.
+prints a table and writes a JSON file. The MITM-proxy phases run against a second
+daemon (``serve --with-proxy --proxy-port 0``), with its API listener as ROUTER
+and ``CONNECT`` + TLS through its proxy as MITM. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,8 @@ from bench import procs, report
 from bench.client import Spec
 from bench.phases import BY_NAME, PHASES, Load, Phase
 
+CHAT = "/v1/chat/completions"
+DAEMON_TARGETS = ("router", "mitm", "mitm_newhost")  # the targets that go through tokn-router
 BODY_MESSAGES = [
     {"role": "system", "content": "You are a terse assistant."},
     {"role": "user", "content": "Count to two hundred, one number per token."},
@@ -89,13 +93,17 @@ def daemon_exe() -> list[str]:
     return [sys.executable, "-c", "from tokn_router.cli import entrypoint; entrypoint()"]
 
 
-def write_config(state: Path, fake: Fake, extra: str = "") -> Path:
+def write_config(state: Path, fake: Fake, extra: str = "", intercept: tuple[str, ...] = ()) -> Path:
     """A fresh config: every start-up exchanges the GitHub token at the fake.
 
     ``base_url`` pins the API base to the fake: a token the daemon persisted and
-    re-reads carries no ``endpoints.api``.
+    re-reads carries no ``endpoints.api``. ``intercept`` hosts (``host:port``) are
+    TLS-terminated by the MITM proxy besides its built-in ones.
     """
     cfg = state / "config.toml"
+    proxy_mode = ""
+    if intercept:
+        proxy_mode = "\n[proxy_mode]\nintercept_hosts = " + json.dumps(list(intercept)) + "\n"
     cfg.write_text(
         "[server]\n"
         'host = "127.0.0.1"\n'
@@ -105,7 +113,7 @@ def write_config(state: Path, fake: Fake, extra: str = "") -> Path:
         'provider = "github-copilot"\n'
         'refresh_token = "gho_bench"\n'
         f'refresh_url = "{fake.url}/copilot_internal/v2/token"\n'
-        f'base_url = "{fake.url}"\n' + (f"\n{extra}\n" if extra else "")
+        f'base_url = "{fake.url}"\n' + proxy_mode + (f"\n{extra}\n" if extra else "")
     )
     cfg.chmod(0o600)
     return cfg
@@ -129,9 +137,13 @@ class Daemon:
     pid: int
     port: int
     startup_s: float
+    proxy_port: int | None = None  # with --with-proxy
+    ca_file: str = ""  # the proxy's CA certificate
 
 
-def start_daemon(cfg: Path, fake: Fake, home: Path, *, timeout: float = 30.0) -> Daemon:
+def start_daemon(
+    cfg: Path, fake: Fake, home: Path, *, timeout: float = 30.0, with_proxy: bool = False
+) -> Daemon:
     env = procs.child_env(
         {
             "TOKN_ROUTER_CONFIG": str(cfg),
@@ -144,29 +156,43 @@ def start_daemon(cfg: Path, fake: Fake, home: Path, *, timeout: float = 30.0) ->
     )
     stderr = open(home / "daemon-stderr.log", "ab")  # noqa: SIM115 - lives as long as the daemon
     args = [*daemon_exe(), "serve", "--port", "0"]
+    if with_proxy:
+        args += ["--with-proxy", "--proxy-port", "0"]
     t0 = time.perf_counter()
     p = procs.spawn(args, env=env, stderr=stderr)
     stderr.close()
     assert p.stdout is not None
     reader = procs.LineReader(p.stdout)
     try:
-        m = reader.wait_for(r"listening on http://127\.0\.0\.1:(\d+)", timeout)
+        m = reader.wait_for(r"^listening on http://127\.0\.0\.1:(\d+)", timeout)
     except RuntimeError as e:
         err = (home / "daemon-stderr.log").read_text(errors="replace")[-3000:]
         raise RuntimeError(f"{e}\nstderr:\n{err}") from None
     port = int(m.group(1))
     deadline = time.perf_counter() + timeout
+    status = 0
     while True:
         try:
-            if http_get_status(port, "/v1/models") == 200:
+            status = http_get_status(port, "/v1/models")
+            if status == 200:
                 break
         except OSError:
             pass
         if time.perf_counter() > deadline:
-            raise RuntimeError("the daemon never answered 200 on /v1/models")
+            err = (home / "daemon-stderr.log").read_text(errors="replace")[-3000:]
+            raise RuntimeError(
+                f"the daemon never answered 200 on /v1/models (last status {status})\n"
+                f"stderr:\n{err}"
+            )
         time.sleep(0.002)
     startup = time.perf_counter() - t0
-    return Daemon(p, p.pid, port, startup)
+    d = Daemon(p, p.pid, port, startup)
+    if with_proxy:  # the banner printed these before "listening on"
+        d.proxy_port = int(
+            reader.wait_for(r"proxy listening on http://127\.0\.0\.1:(\d+)", 1).group(1)
+        )
+        d.ca_file = reader.wait_for(r"CA certificate: (.+)$", 1).group(1).strip()
+    return d
 
 
 def supports_proxy() -> bool:
@@ -185,29 +211,64 @@ def supports_proxy() -> bool:
 
 # -------------------------------------------------------------------------- loads
 
+MITM_HOST = "api.openai.com"  # intercepted built-in; in route mode never contacted
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a target sends its requests."""
+
+    port: int  # the API port (the fake's for DIRECT)
+    path: str
+    daemon: Daemon | None = None  # whose CPU and RSS are measured
+    proxy_port: int | None = None  # through the MITM proxy: CONNECT there
+    ca_file: str = ""
+    new_host_each: bool = False  # a never-seen host per tunnel (mints a leaf)
+
+
+def newhost_names(rnd: int, n: int) -> list[str]:
+    """Distinct intercepted names for round ``rnd`` (-1: the warm-up); never resolved."""
+    tag = "w" if rnd < 0 else f"r{rnd}"
+    return [f"bench-{tag}-{i}.test" for i in range(n)]
+
+
+def newhost_intercepts(phases: list[Phase], args: argparse.Namespace) -> tuple[str, ...]:
+    """Every name the ``mitm_newhost`` target will use in this invocation."""
+    names: list[str] = []
+    for phase in phases:
+        if "mitm_newhost" in phase.targets:
+            n = phase.load(args.quick).requests
+            rounds = args.rounds or phase.n_rounds(args.quick)
+            names += newhost_names(-1, phase.warmup)
+            for rnd in range(rounds):
+                names += newhost_names(rnd, n)
+    return tuple(f"{h}:443" for h in dict.fromkeys(names))
+
 
 def run_load(
     load: Load,
     *,
     target: str,
     rnd: int,
-    port: int,
-    path: str,
+    ep: Endpoint,
     fake: Fake,
-    daemon: Daemon | None,
     client_procs: int,
     profile: list[str] | None = None,
 ) -> report.RunResult:
+    daemon = ep.daemon
     n = max(1, min(client_procs, load.connections))
     start_at = time.perf_counter() + 0.3 + 0.05 * n  # after every worker has started
     specs = []
     body = request_body(load)
+    hosts = newhost_names(rnd, load.requests) if ep.new_host_each else [MITM_HOST]
+    first_host = 0
     for i in range(n):
         conns = load.connections // n + (1 if i < load.connections % n else 0)
+        n_hosts = conns * load.per_conn if ep.new_host_each else 1
         specs.append(
             Spec(
-                port=port,
-                path=path,
+                port=ep.port,
+                path=ep.path,
                 body=body,
                 stream=load.stream,
                 connections=conns,
@@ -217,8 +278,14 @@ def run_load(
                 start_at=start_at,
                 deadline_s=load.deadline_s,
                 stagger_s=load.stagger_s,
+                new_conn_each=load.new_conn_each,
+                proxy_port=ep.proxy_port,
+                proxy_hosts=hosts[first_host : first_host + n_hosts] if ep.proxy_port else [],
+                ca_file=ep.ca_file,
             )
         )
+        if ep.new_host_each:
+            first_host += n_hosts
     spy = None
     if profile and daemon:
         spy = procs.spawn(
@@ -292,6 +359,8 @@ def run_load(
         res.first_ms += o["first_ms"]
         res.total_ms += o["total_ms"]
         res.gaps_us += o["gaps_us"]
+        res.connect_ms += o["connect_ms"]
+        res.tls_ms += o["tls_ms"]
         res.client_cpu_s += o["cpu_s"]
     return res
 
@@ -430,26 +499,56 @@ def main(argv: list[str] | None = None) -> int:
             f"daemon pid {daemon.pid} on port {daemon.port}: start-up {startups} s, idle RSS "
             f"{startup['idle_rss_mb']} MB"
         )
-        endpoints = {
-            "direct": (fake.port, "/chat/completions", None),
-            "router": (daemon.port, "/v1/chat/completions", daemon),
-        }
+        direct = Endpoint(fake.port, "/chat/completions")
+        endpoints = {"direct": direct, "router": Endpoint(daemon.port, CHAT, daemon)}
 
         phases_out: dict[str, dict[str, Any]] = {}
+        pdaemon: Daemon | None = None  # the --with-proxy daemon, started for the first proxy phase
+        proxy_endpoints: dict[str, Endpoint] = {}
         for phase in selected:
             if phase.needs == "proxy" and not has_proxy:
                 phases_out[phase.name] = {"skipped": "tokn-router serve has no --with-proxy"}
                 continue
-            if phase.needs == "proxy":
-                phases_out[phase.name] = {
-                    "skipped": "the load client does not speak CONNECT + TLS yet"
+            if phase.needs == "proxy" and pdaemon is None:
+                pstate = home / "state-proxy"
+                pstate.mkdir(mode=0o700)
+                intercept = newhost_intercepts(selected, args)
+                cfg = write_config(pstate, fake, args.config_extra, intercept)
+                pdaemon = start_daemon(cfg, fake, home, with_proxy=True)
+                time.sleep(0.3 if args.quick else 1.0)
+                startup["with_proxy_startup_s"] = round(pdaemon.startup_s, 3)
+                startup["with_proxy_idle_rss_mb"] = round(
+                    procs.status_kb(pdaemon.pid, "VmRSS") / 1024.0, 1
+                )
+                log(
+                    f"--with-proxy daemon pid {pdaemon.pid}: API port {pdaemon.port}, proxy port "
+                    f"{pdaemon.proxy_port}, start-up {startup['with_proxy_startup_s']} s (CA "
+                    f"created), idle RSS {startup['with_proxy_idle_rss_mb']} MB"
+                )
+                mitm = Endpoint(pdaemon.port, CHAT, pdaemon, pdaemon.proxy_port, pdaemon.ca_file)
+                proxy_endpoints = {
+                    "direct": direct,
+                    "router": Endpoint(pdaemon.port, CHAT, pdaemon),
+                    "mitm": mitm,
+                    "mitm_newhost": replace(mitm, new_host_each=True),
                 }
-                continue
-            phases_out[phase.name] = run_phase(phase, args, endpoints, fake)
+            eps = proxy_endpoints if phase.needs == "proxy" else endpoints
+            phases_out[phase.name] = run_phase(phase, args, eps, fake)
+        if pdaemon is not None:
+            meta["with_proxy_daemon_rss_end_mb"] = round(
+                procs.status_kb(pdaemon.pid, "VmRSS") / 1024.0, 1
+            )
+            procs.stop(pdaemon.proc, graceful=10)
 
         # How busy the rest of the machine was while tokn-router was measured
         meta["other_processes_cores"] = {
-            name: report._r(report._div(ph["router"]["other_cpu_s"], ph["router"]["window_s"]), 2)
+            name: report._r(
+                report._div(
+                    sum(ph[t]["other_cpu_s"] for t in ph if t in DAEMON_TARGETS),
+                    sum(ph[t]["window_s"] for t in ph if t in DAEMON_TARGETS),
+                ),
+                2,
+            )
             for name, ph in phases_out.items()
             if "router" in ph
         }
@@ -475,6 +574,9 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(report.table(figs, targets, markdown=args.markdown))
+    if any("router" in phases_out.get(p.name, {}) for p in PHASES if p.needs == "proxy"):
+        print()
+        print(report.proxy_table(figs, markdown=args.markdown))
     print(
         "\nother processes' CPU during the tokn-router runs (cores, of "
         f"{meta['nproc']}): "
@@ -493,27 +595,26 @@ def ours(res: report.RunResult) -> float:
 def run_phase(
     phase: Phase,
     args: argparse.Namespace,
-    endpoints: dict[str, tuple[int, str, Daemon | None]],
+    endpoints: dict[str, Endpoint],
     fake: Fake,
 ) -> dict[str, Any]:
     load = phase.load(args.quick)
     rounds = args.rounds or phase.n_rounds(args.quick)
     targets = [t for t in phase.targets if t in endpoints]
     if phase.warmup:
-        warm = Load(stream=load.stream, connections=1, per_conn=phase.warmup, chunks=load.chunks)
+        warm = replace(load, connections=1, per_conn=phase.warmup, record_gaps=False)
         for t in targets:
-            port, path, d = endpoints[t]
-            run_load(warm, target=t, rnd=-1, port=port, path=path, fake=fake, daemon=d,
-                     client_procs=1)  # fmt: skip
+            run_load(warm, target=t, rnd=-1, ep=endpoints[t], fake=fake, client_procs=1)
     runs: dict[str, list[report.RunResult]] = {t: [] for t in targets}
     for rnd in range(rounds):
         order = targets if rnd % 2 == 0 else targets[::-1]
         for t in order:
-            port, path, d = endpoints[t]
+            ep = endpoints[t]
             profile = None
-            if args.profile and d is not None:
+            if args.profile and ep.daemon is not None:
                 spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-                prof_path = Path(args.profile) / f"{phase.name}-r{rnd}.txt"
+                tag = "" if t == "router" else f"-{t}"
+                prof_path = Path(args.profile) / f"{phase.name}{tag}-r{rnd}.txt"
                 prof_path.parent.mkdir(parents=True, exist_ok=True)
                 profile = [spy, "record", "--nonblocking", "-r", "250", "-f", "raw"]
                 profile += [*shlex.split(args.profile_opts), str(prof_path)]
@@ -521,10 +622,8 @@ def run_phase(
                 load,
                 target=t,
                 rnd=rnd,
-                port=port,
-                path=path,
+                ep=ep,
                 fake=fake,
-                daemon=d,
                 client_procs=args.client_procs,
                 profile=profile,
             )

@@ -28,6 +28,9 @@ ERROR_FIGURES = (
     "paced500_errors_direct",
     "paced500_errors_router",
     "c1000_listen_overflows",
+    "proxy_errors_direct",
+    "proxy_errors_router",
+    "proxy_errors_mitm",
 )
 
 # Figures that must be measured (a number > 0) on every run.
@@ -77,12 +80,60 @@ POSITIVE_FIGURES = (
     "paced500_total_p99_s_router",
     "paced500_peak_rss_mb",
     "cpu_per_event_us_paced500",
+    # through the MITM proxy (CONNECT + TLS) of a `serve --with-proxy` daemon
+    "with_proxy_startup_s",
+    "with_proxy_idle_rss_mb",
+    *(
+        f"proxy_{fig}_{suffix}"
+        for fig in (
+            "nonstream_p50",
+            "nonstream_p99",
+            "stream_ttfe_p50",
+            "stream_ttfe_p99",
+            "stream_total_p50",
+            "stream_total_p99",
+            "newconn_p50",
+            "newconn_p99",
+        )
+        for suffix in ("ms_direct", "ms_router", "ms_mitm", "ratio", "vs_router")
+    ),
+    *(
+        f"proxy_newhost_{q}_{suffix}"
+        for q in ("p50", "p99")
+        for suffix in ("ms_mitm", "ratio", "vs_router")
+    ),
+    "proxy_tls_p50_ms_knownhost",
+    "proxy_tls_p50_ms_newhost",
+)
+
+# CPU figures of tiny quick runs: measured in 10 ms clock ticks, so possibly 0.
+NONNEGATIVE_FIGURES = (
+    "proxy_nonstream_cpu_per_request_ms_router",
+    "proxy_nonstream_cpu_per_request_ms_mitm",
+    "proxy_nonstream_client_cpu_per_request_us_direct",
+    "proxy_nonstream_client_cpu_per_request_us_router",
+    "proxy_nonstream_client_cpu_per_request_us_mitm",
+    "proxy_stream_cpu_per_stream_ms_router",
+    "proxy_stream_cpu_per_stream_ms_mitm",
+    "proxy_stream_cpu_per_event_us_router",
+    "proxy_stream_cpu_per_event_us_mitm",
+    "proxy_stream_client_cpu_per_event_us_direct",
+    "proxy_stream_client_cpu_per_event_us_router",
+    "proxy_stream_client_cpu_per_event_us_mitm",
+    "proxy_newconn_cpu_per_request_ms_router",
+    "proxy_newconn_cpu_per_request_ms_mitm",
+    "proxy_newhost_cpu_per_request_ms_mitm",
 )
 
 # Present and a number, of either sign (a difference of two noisy percentiles).
 SIGNED_FIGURES = ("paced500_added_gap_p99_ms",)
 
 PHASES = ("nonstream", "stream", "c200x2", "c1000", "paced300", "paced500")
+PROXY_PHASES = {
+    "proxy_nonstream": ("direct", "router", "mitm"),
+    "proxy_stream": ("direct", "router", "mitm"),
+    "proxy_newconn": ("direct", "router", "mitm", "mitm_newhost"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -103,11 +154,13 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 @pytest.mark.timeout(150)
 def test_quick_run_reports_every_figure(quick_run: dict[str, Any]) -> None:
-    from bench.report import FIGURE_KEYS
+    from bench.report import FIGURE_KEYS, PROXY_FIGURE_KEYS
 
     figs = quick_run["figures"]
-    expected = set(ERROR_FIGURES) | set(POSITIVE_FIGURES) | set(SIGNED_FIGURES)
-    assert expected == set(FIGURE_KEYS)
+    expected = (
+        set(ERROR_FIGURES) | set(POSITIVE_FIGURES) | set(SIGNED_FIGURES) | set(NONNEGATIVE_FIGURES)
+    )
+    assert expected == set(FIGURE_KEYS) | set(PROXY_FIGURE_KEYS)
     assert set(figs) == expected
     for key in ERROR_FIGURES:
         assert isinstance(figs[key], int) and figs[key] >= 0, (key, figs[key])
@@ -116,6 +169,9 @@ def test_quick_run_reports_every_figure(quick_run: dict[str, Any]) -> None:
         assert isinstance(value, int | float) and value > 0, (key, value)
     for key in SIGNED_FIGURES:
         assert isinstance(figs[key], int | float), (key, figs[key])
+    for key in NONNEGATIVE_FIGURES:
+        value = figs[key]
+        assert isinstance(value, int | float) and value >= 0, (key, value)
 
 
 @pytest.mark.timeout(150)
@@ -137,10 +193,31 @@ def test_quick_run_phases_and_targets(quick_run: dict[str, Any]) -> None:
             direct = phase["direct"]
             if direct["errors"] == 0:
                 assert direct["events"] == direct["completed"] * per_stream
-    # the MITM-proxy phases are present, run or skipped with a reason
-    for name in ("proxy_nonstream", "proxy_stream"):
-        assert name in phases
-        assert "skipped" in phases[name] or "direct" in phases[name]
+    # the MITM-proxy phases ran (the daemon has --with-proxy), every target without errors
+    assert quick_run["meta"]["daemon_has_with_proxy"] is True
+    for name, targets in PROXY_PHASES.items():
+        phase = phases[name]
+        assert "skipped" not in phase, phase
+        for target in targets:
+            s = phase[target]
+            assert s["requests"] > 0 and s["errors"] == 0, (name, target, s)
+            assert s["completed"] == s["requests"]
+            if target == "direct":
+                assert s["proxy_cpu_s"] is None
+            else:
+                assert s["proxy_cpu_s"] >= 0
+        if phase["load"]["stream"]:
+            per_stream = phase["load"]["chunks"] + 4
+            for target in targets:
+                assert phase[target]["events"] == phase[target]["completed"] * per_stream
+    # one TLS handshake per tunnel: one warm tunnel per run, one per request on new ones
+    assert phases["proxy_nonstream"]["mitm"]["tunnels"] == phases["proxy_nonstream"]["rounds"]
+    assert phases["proxy_nonstream"]["router"]["tunnels"] == 0
+    newconn = phases["proxy_newconn"]
+    for target in ("mitm", "mitm_newhost"):
+        assert newconn[target]["tunnels"] == newconn[target]["requests"]
+        assert newconn[target]["connect_p50_ms"] > 0 and newconn[target]["tls_p50_ms"] > 0
+    assert newconn["router"]["tls_p50_ms"] is None
     assert [t["name"] for t in quick_run["targets"]]
     for t in quick_run["targets"]:
         assert t["met"] in (True, False), t
