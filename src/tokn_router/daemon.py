@@ -231,8 +231,20 @@ class Daemon:
             err = eg.exceptions[0]
             reason = getattr(err, "strerror", None) or str(err)
             raise ToknError(f"cannot listen on {host}:{self.proxy_port}: {reason}") from None
+        nursery.start_soon(self._warm_leaves)
         shown = f"[{host}]" if ":" in host else host
         return f"http://{shown}:{port}"
+
+    async def _warm_leaves(self) -> None:
+        """Mint the leaf certificates of the built-in hosts off the event loop.
+
+        A leaf and its TLS context cost ~2 ms each; doing them now keeps that
+        out of the first request every agent makes to api.openai.com & co.
+        """
+        from tokn_router.proxy.modes import BUILTIN_INTERCEPT
+
+        for host in BUILTIN_INTERCEPT:
+            await trio.to_thread.run_sync(self._certstore.warm, host)
 
     def _connect_upstream(self) -> Any:
         """How tunnels reach non-intercepted hosts: through [proxy] when one is set."""
