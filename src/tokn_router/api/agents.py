@@ -58,6 +58,7 @@ from tokn_router.api.app import (
     new_log,
     read_json_body,
     read_model_request,
+    reject,
     sse_response,
 )
 from tokn_router.api.errors import upstream_error_text, wrap_upstream_error
@@ -861,11 +862,7 @@ async def handle_embeddings(svc: Services) -> Response:
 
         opened = await svc.relay.open(route, "/embeddings", build, rlog)
     except ApiError as e:
-        rlog.status = e.status
-        rlog.error = e.message
-        rlog.finish()
-        svc.report(rlog)
-        return api_error_response(e)
+        return reject(svc, rlog, e)
     rlog.account_id = opened.state.id
     rlog.provider_id = opened.state.provider.id
     return await _relay_whole(svc, opened.response, rlog)

@@ -81,6 +81,15 @@ def _json_response(status: int, body: bytes, headers: dict[str, str] | None = No
     return Response(body, status=status, content_type=JSON, headers=headers)
 
 
+def reject(svc: Services, rlog: RequestLog, e: ApiError) -> Response:
+    """Record a request that ends with an error of ours, and answer it (OpenAI shape)."""
+    rlog.status = e.status
+    rlog.error = e.message
+    rlog.finish()
+    svc.report(rlog)
+    return api_error_response(e)
+
+
 def api_error_response(e: ApiError) -> Response:
     return _json_response(
         e.status, error_body(e.status, e.message, code=e.code, param=e.param), e.headers
@@ -326,11 +335,7 @@ async def handle_chat(svc: Services, endpoint: str) -> Response:
 
         opened = await svc.relay.open(route, "/chat/completions", build, rlog)
     except ApiError as e:
-        rlog.status = e.status
-        rlog.error = e.message
-        rlog.finish()
-        svc.report(rlog)
-        return api_error_response(e)
+        return reject(svc, rlog, e)
 
     st, resp = opened.state, opened.response
     rlog.account_id = st.id

@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tokn_router._fs import atomic_write
 from tokn_router.errors import ToknError
 
 log = logging.getLogger(__name__)
@@ -134,22 +135,6 @@ def _hash_for(key: SigningKey) -> hashes.SHA256 | None:
         if isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey)
         else hashes.SHA256()
     )
-
-
-def _atomic_write(path: Path, data: bytes, mode: int) -> None:
-    """Temp file + fsync + rename: readers never see a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def system_root_pems(exclude: tuple[Path, ...] = ()) -> list[bytes]:
@@ -430,8 +415,8 @@ class CertStore:
         )
         # Key first: a crash in between leaves "cert missing", which load reports
         # instead of silently pairing a new key with an old, already-trusted cert.
-        _atomic_write(self.key_path, key_pem, 0o600)
-        _atomic_write(self.cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        atomic_write(self.key_path, key_pem, 0o600)
+        atomic_write(self.cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
         self._key, self._cert = key, cert
         self._write_bundle(only_if_changed=False)
         log.info("generated proxy CA in %s", self.ca_dir)
@@ -449,7 +434,7 @@ class CertStore:
             with contextlib.suppress(OSError):
                 if self.bundle_path.read_bytes() == data:
                     return
-        _atomic_write(self.bundle_path, data, 0o644)
+        atomic_write(self.bundle_path, data, 0o644)
 
     # ------------------------------------------------------------------ leaves
 
