@@ -296,3 +296,16 @@ def test_parse_errors_are_one_line_at_any_width(run_cli) -> None:
     assert r.returncode == 2
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "csh" in lines[0]
+
+
+def test_version_prints_the_version_file_line(run_cli) -> None:
+    from pathlib import Path
+
+    import tokn_router
+
+    line = (Path(__file__).resolve().parents[1] / "VERSION").read_text().strip()
+    assert tokn_router.__version__ == line
+    for flag in ("--version", "-V"):
+        r = run_cli(flag)
+        assert r.returncode == 0
+        assert r.stdout.strip() == f"tokn-router {line}"
