@@ -338,3 +338,30 @@ def test_tls_upstream_trusts_ssl_cert_file(fake_tls: FakeUpstream, write_config,
     d = daemon(env={"TOKN_ROUTER_GITHUB_API_URL": fake_tls.url})
     r = httpx.post(d.url + "/v1/chat/completions", json=chat_body(), timeout=20)
     assert r.status_code == 200, r.text
+
+
+def test_compressed_upstream_stream_is_decoded(
+    fake: FakeUpstream, one_account: None, daemon
+) -> None:
+    # we ask for identity; an upstream that compresses anyway must still work
+    import gzip
+
+    events = (
+        b'data: {"choices":[{"delta":{"content":"zip"},"index":0}],"model":"gpt-4.1"}\n\n'
+        b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}\n\n'
+        b"data: [DONE]\n\n"
+    )
+    fake.script(
+        CHAT,
+        status=200,
+        body=gzip.compress(events),
+        headers={"content-type": "text/event-stream", "content-encoding": "gzip"},
+    )
+    d = daemon()
+    with httpx.stream(
+        "POST", d.url + "/v1/chat/completions", json=chat_body(stream=True), timeout=20
+    ) as r:
+        assert "content-encoding" not in r.headers
+        text = r.read().decode()
+    assert '"content":"zip"' in text and "[DONE]" in text
+    assert '"usage"' not in text  # the usage chunk was still found and hidden

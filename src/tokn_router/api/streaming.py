@@ -84,8 +84,12 @@ async def relay_stream(
     async def pump() -> None:
         try:
             with pump_scope:
+                # We ask upstream for identity encoding: then the raw body is the
+                # body, and httpx's decoder and re-chunker layers can be skipped.
+                encoding = resp.headers.get("content-encoding", "").strip().lower()
+                body = resp.aiter_raw() if encoding in ("", "identity") else resp.aiter_bytes()
                 # aclosing: finalise httpx's generator here, not in the GC
-                async with send, contextlib.aclosing(resp.aiter_bytes()) as chunks:
+                async with send, contextlib.aclosing(body) as chunks:
                     async for chunk in chunks:
                         last_chunk[0] = trio.current_time()
                         await send.send(chunk)
