@@ -8,9 +8,6 @@ for byte), ``gpt-4.1`` does not (translated to ``/chat/completions`` and back).
 from __future__ import annotations
 
 import json
-import signal
-import sqlite3
-from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -18,6 +15,7 @@ import httpx
 import pytest
 
 from tests.fakes.upstream import FakeUpstream
+from tests.helpers import ledger_rows, stop
 
 NATIVE = "claude-sonnet-4.5"
 TRANSLATED = "gpt-4.1"
@@ -66,20 +64,6 @@ def assert_client_key_not_forwarded(fake: FakeUpstream) -> None:
     for rec in fake.requests:
         assert CLIENT_KEY not in json.dumps(rec.headers)
         assert "x-api-key" not in rec.headers
-
-
-def ledger(env_home) -> list[dict[str, Any]]:
-    conn = sqlite3.connect(f"file:{Path(env_home.state_dir) / 'usage.db'}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute("SELECT * FROM requests ORDER BY id")]
-    finally:
-        conn.close()
-
-
-def stop(d) -> None:
-    d.send_signal(signal.SIGTERM)
-    assert d.wait_exit(20) == 0
 
 
 # --------------------------------------------------------------------------- SDK, both modes
@@ -408,7 +392,7 @@ def test_failover_before_first_byte_and_mid_stream_drop(
     c.close()  # an idle keep-alive connection would hold the graceful shutdown
     stop(d)
 
-    rows = ledger(env_home)
+    rows = ledger_rows(env_home.state_dir)
     assert [r["status"] for r in rows] == [200, 200]
     ok, broken = rows
     assert [a["status"] for a in json.loads(ok["ctx_json"])["attempts"]] == [429, 200]
@@ -460,7 +444,7 @@ def test_ledger_rows_and_model_ids(fake: FakeUpstream, write_config, daemon, env
     c.close()
     stop(d)
 
-    native, translated = ledger(env_home)
+    native, translated = ledger_rows(env_home.state_dir)
     for row in (native, translated):
         assert row["endpoint"] == "/v1/messages" and row["status"] == 200
         assert row["account_id"] == "alice" and row["provider_id"] == "github-copilot"

@@ -8,9 +8,6 @@ for byte), ``claude-sonnet-4.5`` does not (translated to ``/chat/completions``).
 from __future__ import annotations
 
 import json
-import signal
-import sqlite3
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,6 +16,7 @@ import pytest
 
 from tests.fakes import embedding_for
 from tests.fakes.upstream import FakeUpstream
+from tests.helpers import ledger_rows, stop
 
 NATIVE = "gpt-4.1"
 TRANSLATED = "claude-sonnet-4.5"
@@ -61,20 +59,6 @@ def sse_events(raw: str) -> list[dict[str, Any]]:
 def assert_client_key_not_forwarded(fake: FakeUpstream) -> None:
     for rec in fake.requests:
         assert CLIENT_KEY not in json.dumps(rec.headers)
-
-
-def ledger(env_home) -> list[dict[str, Any]]:
-    conn = sqlite3.connect(f"file:{Path(env_home.state_dir) / 'usage.db'}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute("SELECT * FROM requests ORDER BY id")]
-    finally:
-        conn.close()
-
-
-def stop(d) -> None:
-    d.send_signal(signal.SIGTERM)
-    assert d.wait_exit(20) == 0
 
 
 # --------------------------------------------------------------------------- SDK, both modes
@@ -344,7 +328,7 @@ def test_ledger_embeddings_and_model_ids(
     c.close()
     stop(d)
 
-    rows = ledger(env_home)
+    rows = ledger_rows(env_home.state_dir)
     native, translated, embedded, bad_embedding, chat_row = rows
     assert native["endpoint"] == translated["endpoint"] == "/v1/responses"
     u = json.loads(native["usage_json"])

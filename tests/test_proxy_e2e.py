@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import sqlite3
 import ssl
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import pytest
 import trustme
 
 from tests.fakes.upstream import FakeUpstream
+from tests.helpers import ledger_rows
 
 CHAT = "/chat/completions"
 OPENAI_CHAT = "https://api.openai.com/v1/chat/completions"
@@ -69,15 +69,6 @@ def curl(env: dict[str, str], url: str, *args: str) -> subprocess.CompletedProce
         env=env,
         timeout=30,
     )
-
-
-def ledger_rows(state_dir: Path) -> list[dict]:
-    conn = sqlite3.connect(f"file:{state_dir / 'usage.db'}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute("SELECT * FROM requests ORDER BY id")]
-    finally:
-        conn.close()
 
 
 @pytest.fixture

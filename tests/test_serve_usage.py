@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 
 from tests.fakes.upstream import FakeUpstream
+from tests.helpers import ledger_rows, stop
 
 CHAT = "/chat/completions"
 
@@ -19,20 +20,6 @@ CHAT = "/chat/completions"
 def chat(url: str, **extra: object) -> httpx.Response:
     body = {"model": "gpt-4.1", "messages": [{"role": "user", "content": "count me"}], **extra}
     return httpx.post(url + "/v1/chat/completions", json=body, timeout=30)
-
-
-def rows(db: Path) -> list[dict]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute("SELECT * FROM requests ORDER BY id")]
-    finally:
-        conn.close()
-
-
-def stop(d) -> None:
-    d.send_signal(signal.SIGTERM)
-    assert d.wait_exit(20) == 0
 
 
 def test_rows_carry_usage_for_plain_and_streamed_requests(
@@ -57,7 +44,7 @@ def test_rows_carry_usage_for_plain_and_streamed_requests(
     assert chat(d.url, model="nope").status_code == 404
     stop(d)
 
-    got = rows(env_home.state_dir / "usage.db")
+    got = ledger_rows(env_home.state_dir)
     assert len(got) == 3
     plain, streamed, missing = got
     assert plain["endpoint"] == "/v1/chat/completions"
@@ -108,7 +95,7 @@ def test_failover_attempts_are_recorded(fake: FakeUpstream, write_config, daemon
     fake.script(CHAT, status=500, text="boom")
     assert chat(d.url).status_code == 200
     stop(d)
-    (row,) = rows(env_home.state_dir / "usage.db")
+    (row,) = ledger_rows(env_home.state_dir)
     attempts = json.loads(row["ctx_json"])["attempts"]
     assert [a["status"] for a in attempts] == [500, 200]
     assert attempts[0]["account_id"] != attempts[1]["account_id"]
@@ -140,7 +127,7 @@ def test_sigterm_under_load_keeps_every_completed_row(
         stop_flag.set()
         for f in futures:
             f.result()
-    got = rows(env_home.state_dir / "usage.db")
+    got = ledger_rows(env_home.state_dir)
     ok = [r for r in got if r["status"] == 200]
     assert len(ok) >= len(done)
 
