@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -400,3 +401,30 @@ def test_non_loopback_proxy_bind_refused(write_config, daemon) -> None:
     d = daemon("--with-proxy", ready=False)
     assert d.wait_exit(15) == 2
     assert "--insecure-allow-remote" in d.stderr_text
+
+
+def test_intercept_hosts_follow_a_config_edit(
+    fake_tls: FakeUpstream, write_config, daemon, run_cli, cli_env, env_home, wait_for
+) -> None:
+    port = fake_tls.port
+    cfg = {"proxy_mode": {"route_mode": "passthrough", "port": free_port()}}
+    write_config(cfg)
+    d = daemon("--with-proxy")
+    env = client_env(cli_env, proxy_env(run_cli, d.proxy_url))
+    url = f"https://localhost:{port}/echo"
+    assert curl(env, url, "--noproxy", "").returncode == 0  # tunnelled, not intercepted
+    pos = d.output_pos("stderr")
+    cfg["proxy_mode"]["intercept_hosts"] = [f"localhost:{port}"]
+    write_config(cfg)
+    d.send_signal(signal.SIGHUP)
+    d.wait_output(r"config reloaded", stream="stderr", start=pos)
+    assert curl(env, url, "--noproxy", "").returncode == 0
+    # now intercepted (passthrough): the request has its ledger row
+    wait_for(lambda: any(r["endpoint"] == "/echo" for r in _rows_or_empty(env_home.state_dir)))
+
+
+def _rows_or_empty(state_dir: Path) -> list[dict]:
+    try:
+        return ledger_rows(state_dir)
+    except sqlite3.OperationalError:
+        return []

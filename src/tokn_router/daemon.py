@@ -36,7 +36,7 @@ import trio
 from tokn_router import config as config_mod
 from tokn_router.api.app import Services, create_app
 from tokn_router.api.relay import Relay, RequestLog
-from tokn_router.config import Config, ConfigFile
+from tokn_router.config import Config, ConfigFile, ProxyModeConfig
 from tokn_router.errors import ToknError, UsageError
 from tokn_router.pool import AccountState, Pool, Refresher
 from tokn_router.providers.base import Credential
@@ -208,11 +208,15 @@ class Daemon:
             report=self._report,
             default_mode=lambda: self.opts.proxy_route_mode or self.cfg.proxy_mode.route_mode,
         )
-        intercept = InterceptList(self.cfg.proxy_mode)
         host = self.proxy_host
+        built: list[tuple[ProxyModeConfig, InterceptList]] = []
 
         def intercepts(h: str, p: int) -> bool:
-            return intercept(h, p)
+            # a reloaded config brings a new [proxy_mode] object: rebuild the list once
+            section = self.cfg.proxy_mode
+            if not built or built[0][0] is not section:
+                built[:] = [(section, InterceptList(section))]
+            return built[0][1](h, p)
 
         try:
             port = await nursery.start(
@@ -368,6 +372,7 @@ class Daemon:
             log.error("config reload failed, keeping the previous config: %s", e)
             return
         self.cfg = new
+        log.info("config reloaded from %s", self.opts.config_path)
         self.refresher.github = new.github
         added, removed = self.pool.apply_config(new)
         for st in removed:
