@@ -300,3 +300,17 @@ def test_all_unavailable_names_last_error(fake: FakeUpstream, two_accounts: None
     assert r.status_code == 503
     assert "gateway exploded" in r.json()["error"]["message"]
     assert r.headers["retry-after"]
+
+
+def test_unreachable_token_exchange_is_not_retried_per_request(
+    fake: FakeUpstream, two_accounts: None, daemon
+) -> None:
+    fake.github_account("gho_alice").exchange_failure = 500  # GitHub having a bad day
+    d = daemon()
+    for _ in range(4):
+        assert chat(d.url).status_code == 200
+    assert {r.login for r in fake.requests_to(CHAT)} == {"bob"}
+    # start-up attempt + at most one request-time attempt, then the account cools down
+    assert fake.exchange_count("gho_alice") <= 2
+    health = {a["id"]: a for a in httpx.get(d.url + "/healthz").json()["accounts"]}
+    assert health["alice"]["state"] in ("cooling_down", "no_credential")

@@ -258,6 +258,9 @@ class Relay:
                 if not await self.refresher.refresh(st, seen_generation=gen) and st.token() is None:
                     reason = st.disabled_reason or st.last_error or "no credential"
                     rlog.attempts.append({"account_id": st.id, "status": 0, "error": reason})
+                    if not st.disabled_reason:
+                        # GitHub unreachable: don't retry the exchange on every request
+                        self.pool.cool_down(st, None, reason)
                     return None, reason
             token = st.token()
             if not token:
