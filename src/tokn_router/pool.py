@@ -313,6 +313,8 @@ class Pool:
 
     async def wait_ready(self, limit: float = 15.0) -> None:
         """Wait (bounded) until every account finished its first refresh/model read."""
+        if all(st.ready.is_set() for st in self.states):
+            return  # the steady state: no cancel scope, no checkpoint on the hot path
         with trio.move_on_after(limit):
             for st in list(self.states):
                 await st.ready.wait()
