@@ -29,13 +29,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tokn_router.api.agents import (
+from tokn_router.serve.agents import (
     NativeMessagesStream,
     NativeResponsesStream,
     TranslatedStream,
 )
-from tokn_router.sse import ChatStreamRelay
-from tokn_router.translate import ChatToMessagesStream, ChatToResponsesStream
+from tokn_router.wire.sse import ChatStreamRelay
+from tokn_router.wire.translate import ChatToMessagesStream, ChatToResponsesStream
 
 TARGET_US = 20.0
 _SAFE = {"filtered": False, "severity": "safe"}

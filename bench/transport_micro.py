@@ -27,7 +27,7 @@ import h11
 import httpx2 as httpx
 import trio
 
-from tokn_router.transport import TrioH11Transport
+from tokn_router.net.transport import TrioH11Transport
 
 EVENT = (
     b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,'

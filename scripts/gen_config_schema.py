@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from tokn_router import config  # noqa: E402
+from tokn_router.accounts import config  # noqa: E402
 
 
 def snapshot_path() -> Path:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tokn_router import config, config_ops, identity
-from tokn_router.config import ConfigFile
+from tokn_router.accounts import config, config_ops, identity
+from tokn_router.accounts.config import ConfigFile
 from tokn_router.errors import AccountError, ConfigError, UsageError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,9 +12,9 @@ import pytest
 import trio
 
 from tests.fakes.upstream import FakeUpstream
-from tokn_router import importers
+from tokn_router.accounts import importers
+from tokn_router.accounts.importers import NoTokenError, TokenSourceError
 from tokn_router.errors import AuthError, UpstreamError, UsageError
-from tokn_router.importers import NoTokenError, TokenSourceError
 
 HOSTS = ["github.com"]
 

@@ -22,14 +22,14 @@ from cryptography.hazmat.primitives import serialization
 from quart_trio import QuartTrio
 
 from tests.fakes.upstream import FakeUpstream
-from tokn_router.api.app import Services, create_app
-from tokn_router.api.lan import LanInfo, parse_host_header
-from tokn_router.api.relay import Relay
-from tokn_router.config import Config
-from tokn_router.pool import Pool, Refresher
-from tokn_router.proxy.ca import CertStore
-from tokn_router.proxy.shellenv import SHELLS
-from tokn_router.upstream import ProxySetting, make_client
+from tokn_router.accounts.config import Config
+from tokn_router.accounts.pool import Pool, Refresher
+from tokn_router.edges.api import Services, create_app
+from tokn_router.edges.lan import LanInfo, parse_host_header
+from tokn_router.edges.proxy.ca import CertStore
+from tokn_router.edges.proxy.shellenv import SHELLS
+from tokn_router.net.client import ProxySetting, make_client
+from tokn_router.serve.relay import Relay
 
 pytestmark = pytest.mark.anyio
 

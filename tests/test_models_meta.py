@@ -12,7 +12,7 @@ from types import ModuleType
 
 import pytest
 
-from tokn_router import models_meta
+from tokn_router.accounts import models_meta
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "scripts" / "gen_models_meta.py"
@@ -315,7 +315,7 @@ def test_static_model_ids() -> None:
 
 def test_import_does_no_work() -> None:
     code = (
-        "import tokn_router.models_meta as m;"
+        "import tokn_router.accounts.models_meta as m;"
         "assert m._load.cache_info().currsize == 0;"
         "m.lookup('zai', 'glm-5');"
         "assert m._load.cache_info().currsize == 1"

@@ -6,17 +6,24 @@ from typing import Any
 
 import pytest
 
-from tokn_router import identity
-from tokn_router.config import Account, AccountSettings
-from tokn_router.providers import PROVIDERS, RequestInfo
-from tokn_router.providers.base import Credential
-from tokn_router.providers.copilot import (
+from tokn_router.accounts import identity
+from tokn_router.accounts.config import Account, AccountSettings
+from tokn_router.accounts.providers import PROVIDERS, RequestInfo
+from tokn_router.accounts.providers.base import Credential
+from tokn_router.accounts.providers.copilot import (
     DEFAULT_API_BASE,
     api_base_from_token,
     build_headers,
     identity_headers,
 )
-from tokn_router.providers.zai import inject_thinking, is_reasoning_model
+from tokn_router.accounts.providers.zai import inject_thinking, is_reasoning_model
+from tokn_router.wire.initiator import (
+    classify_chat,
+    classify_messages,
+    classify_responses,
+    has_image,
+    resolve_initiator,
+)
 
 SYS = {"role": "system", "content": "be brief"}
 DEV = {"role": "developer", "content": "rules"}
@@ -44,7 +51,7 @@ TOOL = {"role": "tool", "tool_call_id": "c1", "content": "42"}
     ],
 )
 def test_classify_chat(messages: Any, expected: str) -> None:
-    assert identity.classify_chat(messages) == expected
+    assert classify_chat(messages) == expected
 
 
 @pytest.mark.parametrize(
@@ -66,7 +73,7 @@ def test_classify_chat(messages: Any, expected: str) -> None:
     ],
 )
 def test_classify_responses(items: Any, expected: str) -> None:
-    assert identity.classify_responses(items) == expected
+    assert classify_responses(items) == expected
 
 
 @pytest.mark.parametrize(
@@ -102,7 +109,7 @@ def test_classify_responses(items: Any, expected: str) -> None:
     ],
 )
 def test_classify_messages(messages: Any, expected: str) -> None:
-    assert identity.classify_messages(messages) == expected
+    assert classify_messages(messages) == expected
 
 
 @pytest.mark.parametrize(
@@ -122,7 +129,7 @@ def test_classify_messages(messages: Any, expected: str) -> None:
     ],
 )
 def test_resolve_initiator(header: str | None, mode: str, classified: Any, expected: str) -> None:
-    assert identity.resolve_initiator(header, mode, classified) == expected
+    assert resolve_initiator(header, mode, classified) == expected
 
 
 @pytest.mark.parametrize(
@@ -142,7 +149,7 @@ def test_resolve_initiator(header: str | None, mode: str, classified: Any, expec
     ],
 )
 def test_has_image(messages: Any, expected: bool) -> None:
-    assert identity.has_image(messages) is expected
+    assert has_image(messages) is expected
 
 
 # ------------------------------------------------------------------- Copilot headers

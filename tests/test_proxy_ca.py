@@ -18,9 +18,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
+from tokn_router.edges.proxy import ca as ca_mod
+from tokn_router.edges.proxy.ca import CAError, CertStore, normalize_host
 from tokn_router.errors import ToknError
-from tokn_router.proxy import ca as ca_mod
-from tokn_router.proxy.ca import CAError, CertStore, normalize_host
 
 
 @pytest.fixture

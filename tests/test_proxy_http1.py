@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import h11
 import pytest
 
-from tokn_router.proxy.http1 import (
+from tokn_router.wire.http1 import (
     NEED_DATA,
     PAUSED,
     Body,

@@ -15,8 +15,8 @@ import trio
 import trustme
 from cryptography import x509
 
-from tokn_router.proxy.ca import CertStore
-from tokn_router.proxy.listener import (
+from tokn_router.edges.proxy.ca import CertStore
+from tokn_router.edges.proxy.listener import (
     ConnectUpstream,
     Handler,
     ProxyRequestContext,

@@ -24,14 +24,14 @@ import trustme
 
 from tests.fakes.proxies import HttpProxy, Socks5Proxy
 from tests.fakes.upstream import FakeUpstream
-from tokn_router.proxy.outbound import (
+from tokn_router.net.client import ProxySetting
+from tokn_router.net.tunnels import (
     OutboundError,
     _env_no_proxy_match,
     open_upstream,
     parse_proxy_url,
     proxy_for,
 )
-from tokn_router.upstream import ProxySetting
 
 pytestmark = pytest.mark.anyio
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tokn_router.proxy.shellenv import DEFAULT_NO_PROXY, env_script, env_vars, quote
+from tokn_router.edges.proxy.shellenv import DEFAULT_NO_PROXY, env_script, env_vars, quote
 
 PROXY_URL = "http://passthrough@127.0.0.1:4142"
 NAMES = [

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tokn_router.sse import ChatStreamRelay
+from tokn_router.wire.sse import ChatStreamRelay
 
 FILTER = {
     "choices": [],

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from anthropic.types import Message
 
-from tokn_router.translate import TranslationError, anthropic_error, translation_error_body
-from tokn_router.translate.anthropic import chat_to_message, messages_to_chat
+from tokn_router.wire.translate import TranslationError, anthropic_error, translation_error_body
+from tokn_router.wire.translate.anthropic import chat_to_message, messages_to_chat
 
 SCHEMA = "https://json-schema.org/draft/2020-12/schema"
 
@@ -595,7 +595,7 @@ def test_anthropic_error_shape(status: int, type_: str) -> None:
 
 
 def test_messages_initiator() -> None:
-    from tokn_router.translate import messages_initiator
+    from tokn_router.wire.translate import messages_initiator
 
     assert messages_initiator(CLAUDE_CODE) == "user"
     assert messages_initiator(ROUND_TRIP) == "agent"  # user turn made only of tool_result

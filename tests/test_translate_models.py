@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tokn_router.translate.models import closest_ids, normalise_model_id, resolve_model
+from tokn_router.wire.translate.models import closest_ids, normalise_model_id, resolve_model
 
 COPILOT_IDS = [
     "claude-sonnet-4",

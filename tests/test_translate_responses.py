@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from openai.types.responses import Response
 
-from tokn_router.translate import TranslationError, openai_error, translation_error_body
-from tokn_router.translate.responses import (
+from tokn_router.wire.translate import TranslationError, openai_error, translation_error_body
+from tokn_router.wire.translate.responses import (
     CUSTOM_TOOL_PARAM,
     chat_to_response,
     flat_tool_name,
@@ -692,7 +692,7 @@ def test_chat_to_response_bad_upstream() -> None:
 
 
 def test_responses_initiator() -> None:
-    from tokn_router.translate import responses_initiator
+    from tokn_router.wire.translate import responses_initiator
 
     assert responses_initiator(CODEX) == "user"
     assert (

@@ -11,7 +11,7 @@ import sys
 import zlib
 from typing import Any
 
-from tokn_router.translate.tokens import count_text, count_tokens, image_tokens, tokenizer_name
+from tokn_router.wire.translate.tokens import count_text, count_tokens, image_tokens, tokenizer_name
 
 BODY: dict[str, Any] = {
     "model": "claude-sonnet-4",
@@ -149,7 +149,7 @@ def test_counting_needs_no_network_and_loads_lazily() -> None:
         "socket.socket.connect = no_net\n"
         "socket.create_connection = no_net\n"
         "socket.getaddrinfo = no_net\n"
-        "import tokn_router.translate.tokens as t\n"
+        "import tokn_router.wire.translate.tokens as t\n"
         "assert 'toktok' not in sys.modules, 'tokenizer imported at module import'\n"
         "print(t.count_text('hello world'), t.count_text('hello world', 'cl100k_base'))\n"
     )

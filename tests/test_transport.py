@@ -20,7 +20,7 @@ import trio
 import trio.lowlevel
 import trustme
 
-from tokn_router.transport import TrioH11Transport
+from tokn_router.net.transport import TrioH11Transport
 
 GUARD = 10  # seconds; only against hangs, never a timing assertion
 
@@ -747,7 +747,7 @@ async def read_body(
     pieces: list[bytes], framing: int, length: int = 0, buffered: bytes = b""
 ) -> tuple[list[bytes], bool, BaseException | None]:
     """(items yielded, connection pooled afterwards, error raised)."""
-    from tokn_router import transport as t
+    from tokn_router.net import transport as t
 
     tr = TrioH11Transport(verify=False)
     a, b = trio.socket.socketpair()
@@ -776,7 +776,7 @@ def _chunked(parts: list[bytes], trailer: bytes = b"") -> bytes:
 
 
 def test_chunked_decoding_at_every_split_point() -> None:
-    from tokn_router.transport import _CHUNKED
+    from tokn_router.net.transport import _CHUNKED
 
     parts = [b"data: a\n\n", b"x" * 300, b"\r\n\r\n", b"z"]
     wire = _chunked(parts)
@@ -801,7 +801,7 @@ def test_chunked_decoding_at_every_split_point() -> None:
 
 
 def test_chunked_extensions_whitespace_and_trailers() -> None:
-    from tokn_router.transport import _CHUNKED
+    from tokn_router.net.transport import _CHUNKED
 
     wire = b"5;name=val\r\nhello\r\nA \r\n0123456789\r\n0;end\r\nX-Trailer: 1\r\nY: 2\r\n\r\n"
 
@@ -826,7 +826,7 @@ def test_chunked_extensions_whitespace_and_trailers() -> None:
     ],
 )
 def test_chunked_framing_errors(wire: bytes, data: bytes) -> None:
-    from tokn_router.transport import _CHUNKED
+    from tokn_router.net.transport import _CHUNKED
 
     async def main() -> None:
         items, pooled, error = await read_body([wire], _CHUNKED)
@@ -838,7 +838,7 @@ def test_chunked_framing_errors(wire: bytes, data: bytes) -> None:
 
 
 def test_bytes_after_the_body_prevent_reuse() -> None:
-    from tokn_router.transport import _CHUNKED, _LENGTH
+    from tokn_router.net.transport import _CHUNKED, _LENGTH
 
     async def main() -> None:
         items, pooled, error = await read_body([_chunked([b"ab"]) + b"HTTP/1.1 200"], _CHUNKED)
@@ -850,7 +850,7 @@ def test_bytes_after_the_body_prevent_reuse() -> None:
 
 
 def test_content_length_and_read_until_close_bodies() -> None:
-    from tokn_router.transport import _LENGTH, _UNTIL_EOF
+    from tokn_router.net.transport import _LENGTH, _UNTIL_EOF
 
     async def main() -> None:
         items, pooled, error = await read_body([b"ab", b"cd", b"e"], _LENGTH, 5)
@@ -868,7 +868,7 @@ def test_content_length_and_read_until_close_bodies() -> None:
 
 
 def test_unread_body_in_buffer_is_reused_on_aclose() -> None:
-    from tokn_router import transport as t
+    from tokn_router.net import transport as t
 
     async def main() -> None:
         tr = TrioH11Transport(verify=False)

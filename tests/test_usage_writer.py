@@ -20,7 +20,7 @@ import pytest
 import trio
 import trio.testing
 
-from tokn_router import config
+from tokn_router.accounts import config
 from tokn_router.usage import (
     Attempt,
     Ledger,

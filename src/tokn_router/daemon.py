@@ -33,14 +33,14 @@ from typing import Any
 
 import trio
 
-from tokn_router import config as config_mod
-from tokn_router.api.app import Services, create_app
-from tokn_router.api.relay import Relay, RequestLog
-from tokn_router.config import Config, ConfigFile, ProxyModeConfig
+from tokn_router.accounts import config as config_mod
+from tokn_router.accounts.config import Config, ConfigFile, ProxyModeConfig
+from tokn_router.accounts.pool import AccountState, Pool, Refresher
+from tokn_router.accounts.providers.base import Credential
+from tokn_router.edges.api import Services, create_app
 from tokn_router.errors import ToknError, UsageError
-from tokn_router.pool import AccountState, Pool, Refresher
-from tokn_router.providers.base import Credential
-from tokn_router.upstream import ProxySetting, make_client
+from tokn_router.net.client import ProxySetting, make_client
+from tokn_router.serve.relay import Relay, RequestLog
 
 log = logging.getLogger("tokn_router.daemon")
 
@@ -117,8 +117,8 @@ class Daemon:
         self.lan_mode = opts.api and not is_loopback_bind(self.host)
         config_mod.ensure_state_dir(opts.config_path.parent)
         self.proxy_setting = ProxySetting.from_config(self.cfg.proxy, disabled=opts.no_proxy)
-        from tokn_router.transport import TrioH11Transport
-        from tokn_router.upstream import tls_context
+        from tokn_router.net.client import tls_context
+        from tokn_router.net.transport import TrioH11Transport
 
         self.transport = TrioH11Transport(verify=tls_context())
         self.client = make_client(self.proxy_setting, self.cfg.upstream, direct=self.transport)
@@ -149,12 +149,12 @@ class Daemon:
         )
         app = create_app(svc)
         if self.opts.with_proxy or self.lan_mode:
-            from tokn_router.proxy.ca import CertStore
+            from tokn_router.edges.proxy.ca import CertStore
 
             self._certstore = CertStore(config_mod.ca_dir(self.cfg, self.opts.config_path))
             await trio.to_thread.run_sync(self._certstore.load)
         if self.lan_mode:
-            from tokn_router.api.lan import LanInfo
+            from tokn_router.edges.lan import LanInfo
 
             svc.lan = LanInfo(
                 proxy_port=None,
@@ -197,8 +197,8 @@ class Daemon:
                 self._ledger.close()
 
     async def _start_proxy(self, nursery: trio.Nursery, app: Any) -> str:
-        from tokn_router.proxy import listener
-        from tokn_router.proxy.modes import InterceptList, ProxyModes
+        from tokn_router.edges.proxy import listener
+        from tokn_router.edges.proxy.modes import InterceptList, ProxyModes
 
         self._modes = ProxyModes(
             app=app,
@@ -245,7 +245,7 @@ class Daemon:
         A leaf and its TLS context cost ~2 ms each; doing them now keeps that
         out of the first request every agent makes to api.openai.com & co.
         """
-        from tokn_router.proxy.modes import BUILTIN_INTERCEPT
+        from tokn_router.edges.proxy.modes import BUILTIN_INTERCEPT
 
         for host in BUILTIN_INTERCEPT:
             await trio.to_thread.run_sync(self._certstore.warm, host)
@@ -253,9 +253,9 @@ class Daemon:
     def _connect_upstream(self) -> Any:
         """How tunnels reach non-intercepted hosts: through [proxy] when one is set."""
         try:
-            from tokn_router.proxy.outbound import open_upstream
+            from tokn_router.net.tunnels import open_upstream
         except ImportError:
-            from tokn_router.proxy.listener import open_direct
+            from tokn_router.edges.proxy.listener import open_direct
 
             return open_direct
         return functools.partial(open_upstream, self.proxy_setting)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tokn_router import config
+from tokn_router.accounts import config
 from tokn_router.errors import UsageError
 
 _config_arg: str | None = None

@@ -8,12 +8,13 @@ from typing import Annotated, Any
 import msgspec
 from cyclopts import App, Parameter
 
-from tokn_router import config, redact
+from tokn_router import redact
+from tokn_router.accounts import config
+from tokn_router.accounts.config import Account, Config
+from tokn_router.accounts.providers import PROVIDERS, Credential, RequestInfo
 from tokn_router.cli import _context, app
-from tokn_router.config import Account, Config
 from tokn_router.errors import AccountError, ToknError
-from tokn_router.identity import Initiator, normalize_initiator_mode
-from tokn_router.providers import PROVIDERS, Credential, RequestInfo
+from tokn_router.wire.initiator import Initiator, normalize_initiator_mode
 
 account_app = App(name="account", help="List, inspect and remove accounts.")
 app.command(account_app)
@@ -128,9 +129,9 @@ def _quota_lines(data: dict[str, Any]) -> list[str]:
 
 
 async def _fetch_quota(cfg: Config, acc: Account, no_proxy: bool) -> dict[str, Any]:
-    from tokn_router import github as gh
-    from tokn_router import upstream
+    from tokn_router.accounts.providers import github as gh
     from tokn_router.cli import _net
+    from tokn_router.net import client as upstream
 
     if not acc.refresh_token:
         raise AccountError("the account has no GitHub token (refresh_token)")
@@ -140,7 +141,7 @@ async def _fetch_quota(cfg: Config, acc: Account, no_proxy: bool) -> dict[str, A
 
 
 def show_lines(cfg: Config, acc: Account) -> list[str]:
-    from tokn_router import github as gh
+    from tokn_router.accounts.providers import github as gh
 
     provider = PROVIDERS.get(acc.provider)
     name = f" ({provider.display_name})" if provider else ""

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from cyclopts import App, Parameter
 
-from tokn_router import config_ops
+from tokn_router.accounts import config_ops
 from tokn_router.cli import _context, app
 
 config_app = App(name="config", help="Read and change the config file (keys are type-checked).")

@@ -10,15 +10,15 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from cyclopts import Parameter
 
 from tokn_router import redact
+from tokn_router.accounts.config import Account, Config, ConfigFile
+from tokn_router.accounts.providers import PROVIDERS
 from tokn_router.cli import _context, app
-from tokn_router.config import Account, Config, ConfigFile
 from tokn_router.errors import UsageError
-from tokn_router.providers import PROVIDERS
 
 # trio, httpx and the importers are imported inside the commands: `--help` and the
 # other commands start faster without them.
 if TYPE_CHECKING:
-    from tokn_router.importers import FoundToken
+    from tokn_router.accounts.importers import FoundToken
 
 COPILOT = "github-copilot"
 
@@ -49,7 +49,7 @@ def read_secret(prompt: str) -> str:
 
 
 def _setup(provider: str, account_id: str | None) -> tuple[ConfigFile, Config]:
-    from tokn_router import importers
+    from tokn_router.accounts import importers
 
     importers.check_provider(provider)
     cfg_file = _context.config_file()
@@ -94,9 +94,10 @@ class _Progress:
 async def _login_copilot(
     cfg_file: ConfigFile, cfg: Config, account_id: str | None, base_url: str | None, no_proxy: bool
 ) -> None:
-    from tokn_router import github as gh
-    from tokn_router import importers, upstream
+    from tokn_router.accounts import importers
+    from tokn_router.accounts.providers import github as gh
     from tokn_router.cli import _net
+    from tokn_router.net import client as upstream
 
     where = gh.github_url(cfg.github)
     async with upstream.client_for(cfg, no_proxy=no_proxy) as client:
@@ -134,7 +135,8 @@ async def _add_key(
     base_url: str | None,
     no_proxy: bool,
 ) -> None:
-    from tokn_router import importers, upstream
+    from tokn_router.accounts import importers
+    from tokn_router.net import client as upstream
 
     async with upstream.client_for(cfg, no_proxy=no_proxy) as client:
         account, count = await importers.add_api_key_account(
@@ -194,9 +196,10 @@ async def _import_copilot(
     base_url: str | None,
     no_proxy: bool,
 ) -> None:
-    from tokn_router import github as gh
-    from tokn_router import importers, upstream
+    from tokn_router.accounts import importers
+    from tokn_router.accounts.providers import github as gh
     from tokn_router.cli import _net
+    from tokn_router.net import client as upstream
 
     async with upstream.client_for(cfg, no_proxy=no_proxy) as client:
         with _net.network_errors(f"GitHub at {gh.api_url(cfg.github)}"):
@@ -248,8 +251,8 @@ def import_(
     """
     import trio
 
-    from tokn_router import github as gh
-    from tokn_router import importers
+    from tokn_router.accounts import importers
+    from tokn_router.accounts.providers import github as gh
 
     cfg_file, cfg = _setup(provider, account_id)
     found = importers.find_token(

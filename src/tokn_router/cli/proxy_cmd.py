@@ -18,15 +18,15 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from cyclopts import App, Parameter
 
-from tokn_router import config
+from tokn_router.accounts import config
+from tokn_router.accounts.config import Config
 from tokn_router.cli import _context, app
-from tokn_router.config import Config
+from tokn_router.edges.proxy.shellenv import SHELLS, Shell, env_script, env_vars
 from tokn_router.errors import ToknError, UsageError
-from tokn_router.proxy.shellenv import SHELLS, Shell, env_script, env_vars
 
 if TYPE_CHECKING:
     # cryptography costs ~45 ms to import: only the commands that use the CA load it
-    from tokn_router.proxy.ca import CertStore
+    from tokn_router.edges.proxy.ca import CertStore
 
 proxy_app = App(
     name="proxy",
@@ -55,7 +55,7 @@ def _load() -> tuple[Config, Path]:
 
 def _store(cfg: Config, path: Path) -> CertStore:
     """The CA store, created (state dir 0700, ca.key 0600) if it does not exist yet."""
-    from tokn_router.proxy.ca import CertStore
+    from tokn_router.edges.proxy.ca import CertStore
 
     ca_folder = config.ca_dir(cfg, path)
     if not cfg.proxy_mode.ca_dir:
@@ -276,7 +276,7 @@ def ca_regenerate(
             return 1
     if not cfg.proxy_mode.ca_dir:
         config.ensure_state_dir(config.state_dir(path))
-    from tokn_router.proxy.ca import CertStore
+    from tokn_router.edges.proxy.ca import CertStore
 
     store = CertStore(folder)
     store.regenerate()

@@ -8,7 +8,7 @@ from typing import Annotated
 
 from cyclopts import Parameter
 
-from tokn_router import config
+from tokn_router.accounts import config
 from tokn_router.cli import _context, app
 
 

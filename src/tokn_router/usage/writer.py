@@ -29,7 +29,7 @@ from typing import Any
 import msgspec
 import trio
 
-from tokn_router import config as _config
+from tokn_router.accounts import config as _config
 from tokn_router.usage.record import INSERT_SQL, RequestRecord, Row, to_row
 from tokn_router.usage.schema import DEFAULT_BUSY_TIMEOUT_MS, UsageDbError, open_db
 

@@ -1,0 +1,582 @@
+"""The config file: schema, path resolution, validation and safe writes.
+
+The schema is defined once, as msgspec Structs, and is the single source for
+validation, defaults, ``config get/set`` key paths and the JSON Schema snapshot.
+
+Writes go through :meth:`ConfigFile.update`: under an exclusive lock file the
+current file is re-read, edited with tomlkit (so comments and layout survive),
+validated, written to a temp file, fsynced and renamed over the original. A
+daemon persisting a refreshed token and a concurrent ``config set`` therefore
+never lose each other's change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import tomllib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+
+import msgspec
+import tomlkit
+
+from tokn_router._fs import atomic_write
+from tokn_router.errors import ConfigError
+
+RouteMode = Literal["route", "passthrough", "switch"]
+InitiatorMode = Literal["auto", "user", "agent", "always_user", "always_agent"]
+
+
+class _Base(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    pass
+
+
+class ServerConfig(_Base):
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 4141
+    route_mode: RouteMode = "route"
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 32 * 1024 * 1024
+    shutdown_grace_secs: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+    # SSE comment sent while upstream is silent, so a client that went away is noticed
+    sse_keepalive_secs: Annotated[float, msgspec.Meta(gt=0)] = 15.0
+
+
+class PoolConfig(_Base):
+    strategy: Literal["round_robin"] = "round_robin"
+    failure_cooldown_secs: Annotated[int, msgspec.Meta(ge=0)] = 60
+
+
+class UsageConfig(_Base):
+    enabled: bool = True
+    path: str | None = None
+
+
+class OutboundProxyConfig(_Base):
+    """``[proxy]``: the outbound proxy used for every upstream call."""
+
+    url: str | None = None
+    system: bool = False
+    no_proxy: list[str] = msgspec.field(default_factory=list)
+
+
+class ProxyModeConfig(_Base):
+    """``[proxy_mode]``: the MITM forward proxy listener."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 4142
+    route_mode: RouteMode = "route"
+    ca_dir: str | None = None
+    intercept_hosts: list[str] = msgspec.field(default_factory=list)
+    passthrough_hosts: list[str] = msgspec.field(default_factory=list)
+    provider_modes: dict[str, RouteMode] = msgspec.field(default_factory=dict)
+
+
+class UpstreamConfig(_Base):
+    """Timeouts of upstream calls; the read timeout applies between chunks."""
+
+    connect_timeout_secs: Annotated[float, msgspec.Meta(gt=0)] = 15.0
+    read_timeout_secs: Annotated[float, msgspec.Meta(gt=0)] = 300.0
+
+
+class GithubConfig(_Base):
+    url: str | None = None
+    api_url: str | None = None
+
+
+class AccountSettings(_Base):
+    """Identity headers sent upstream; unset values track the current defaults."""
+
+    editor_version: str | None = None
+    editor_plugin_version: str | None = None
+    user_agent: str | None = None
+    copilot_integration_id: str | None = None
+    openai_intent: str | None = None
+    github_api_version: str | None = None
+    initiator_mode: InitiatorMode = "auto"
+
+
+class Account(_Base):
+    id: Annotated[str, msgspec.Meta(min_length=1, pattern=r"^[A-Za-z0-9._@-]+$")]
+    provider: str = "github-copilot"
+    auth_type: Literal["bearer"] = "bearer"
+    enabled: bool = True
+    refresh_token: str | None = None
+    access_token: str | None = None
+    access_token_expires_at: int | None = None
+    refresh_url: str | None = None
+    api_key: str | None = None
+    base_url: str | None = None
+    settings: AccountSettings = msgspec.field(default_factory=AccountSettings)
+
+
+class Config(_Base):
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    pool: PoolConfig = msgspec.field(default_factory=PoolConfig)
+    usage: UsageConfig = msgspec.field(default_factory=UsageConfig)
+    proxy: OutboundProxyConfig = msgspec.field(default_factory=OutboundProxyConfig)
+    proxy_mode: ProxyModeConfig = msgspec.field(default_factory=ProxyModeConfig)
+    upstream: UpstreamConfig = msgspec.field(default_factory=UpstreamConfig)
+    github: GithubConfig = msgspec.field(default_factory=GithubConfig)
+    model_aliases: dict[str, str] = msgspec.field(default_factory=dict)
+    accounts: list[Account] = msgspec.field(default_factory=list)
+
+    def account(self, account_id: str) -> Account | None:
+        return next((a for a in self.accounts if a.id == account_id), None)
+
+
+SECRET_FIELDS = frozenset({"refresh_token", "access_token", "api_key"})
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the config, as snapshotted in ``schemas/config/``."""
+    schema = msgspec.json.schema(Config)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "tokn-router config"
+    return schema
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def resolve_path(cli_path: str | os.PathLike[str] | None = None) -> Path:
+    """``--config`` > ``$TOKN_ROUTER_CONFIG`` > XDG config home > ``~/.config``."""
+    if cli_path:
+        return Path(cli_path).expanduser()
+    env = os.environ.get("TOKN_ROUTER_CONFIG")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CONFIG_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".config"
+    return base / "tokn-router" / "config.toml"
+
+
+def state_dir(config_path: Path) -> Path:
+    return config_path.parent
+
+
+def usage_db_path(cfg: Config, config_path: Path) -> Path:
+    if cfg.usage.path:
+        return Path(cfg.usage.path).expanduser()
+    return state_dir(config_path) / "usage.db"
+
+
+def ca_dir(cfg: Config, config_path: Path) -> Path:
+    if cfg.proxy_mode.ca_dir:
+        return Path(cfg.proxy_mode.ca_dir).expanduser()
+    return state_dir(config_path) / "ca"
+
+
+def ensure_state_dir(path: Path) -> None:
+    """Create the state dir ``0700`` (and tighten a looser one we own)."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = path.stat()
+        if st.st_uid == os.getuid() and st.st_mode & 0o077:
+            path.chmod(0o700)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot create the state directory: {e.strerror}") from None
+
+
+# ---------------------------------------------------------------------- validation
+
+_TOML_LINE_RE = re.compile(r"\(at line (\d+), column (\d+)\)")
+_PATH_RE = re.compile(r"`\$((?:\.[A-Za-z0-9_-]+|\[\d+\])*)`")
+
+
+def _split_path(path: str) -> list[str | int]:
+    parts: list[str | int] = []
+    for m in re.finditer(r"\.([A-Za-z0-9_-]+)|\[(\d+)\]", path):
+        parts.append(m.group(1) if m.group(1) is not None else int(m.group(2)))
+    return parts
+
+
+def _locate(text: str, parts: list[str | int]) -> int | None:
+    """Best-effort line number (1-based) of a key path in TOML text.
+
+    Walks the lines tracking the current table header, counting ``[[array]]``
+    entries, so ``accounts[1].settings.foo`` finds ``foo`` under the second
+    ``[[accounts]]``'s ``[accounts.settings]``.
+    """
+    names = [p for p in parts if isinstance(p, str)]
+    if not names:
+        return None
+    key = names[-1]
+    table: list[str | int] = []
+    counts: dict[str, int] = {}
+    header_re = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+    key_re = re.compile(r"^\s*(?:\"([^\"]+)\"|([A-Za-z0-9_.-]+))\s*=")
+    best: int | None = None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        hm = header_re.match(line)
+        if hm:
+            dotted = [s.strip().strip('"') for s in hm.group(2).split(".")]
+            if hm.group(1) == "[[":
+                name = ".".join(dotted)
+                counts[name] = counts.get(name, -1) + 1
+                table = [*dotted[:-1], dotted[-1], counts[name]]
+            else:
+                # a sub-table of the latest array entry keeps the entry index
+                base_name = dotted[0]
+                if base_name in counts and len(dotted) > 1:
+                    table = [base_name, counts[base_name], *dotted[1:]]
+                else:
+                    table = list(dotted)
+            if table == parts or (table and table[-1] == key and table == parts[: len(table)]):
+                best = best or lineno
+            continue
+        km = key_re.match(line)
+        if km:
+            k = km.group(1) or km.group(2)
+            full = [*table, *k.split(".")]
+            if full == parts:
+                return lineno
+            if (
+                full[-1] == key
+                and best is None
+                and all(isinstance(p, int) or p in full for p in parts[:-1])
+            ):
+                best = lineno
+    return best
+
+
+def _validation_error(path: Path, text: str, err: msgspec.ValidationError) -> ConfigError:
+    msg = str(err)
+    m = _PATH_RE.search(msg)
+    dotted = ""
+    line: int | None = None
+    if m:
+        parts = _split_path(m.group(1))
+        dotted = ".".join(f"[{p}]" if isinstance(p, int) else p for p in parts).replace(".[", "[")
+        line = _locate(text, parts)
+        if "unknown field" in msg:
+            um = re.search(r"unknown field `([^`]+)`", msg)
+            if um:
+                parts = [*parts, um.group(1)]
+                dotted = f"{dotted}.{um.group(1)}" if dotted else um.group(1)
+                line = _locate(text, parts) or line
+    elif (um := re.search(r"unknown field `([^`]+)`", msg)) is not None:
+        dotted = um.group(1)
+        line = _locate(text, [dotted])
+    reason = _PATH_RE.sub("", msg).replace(" - at ", "").strip().rstrip(" -")
+    reason = reason.replace("Object contains unknown field", "unknown key").strip()
+    where = f"{path}" + (f":{line}" if line else "")
+    key = f" key '{dotted}':" if dotted else ""
+    return ConfigError(f"{where}:{key} {reason}")
+
+
+def _check_semantics(path: Path, text: str, cfg: Config) -> None:
+    from tokn_router.accounts.providers import PROVIDERS
+
+    seen: set[str] = set()
+    for i, acc in enumerate(cfg.accounts):
+        if acc.id in seen:
+            line = _locate(text, ["accounts", i, "id"])
+            raise ConfigError(
+                f"{path}{':' + str(line) if line else ''}: key 'accounts[{i}].id': "
+                f"duplicate account id '{acc.id}'"
+            )
+        seen.add(acc.id)
+        if acc.provider not in PROVIDERS:
+            line = _locate(text, ["accounts", i, "provider"])
+            raise ConfigError(
+                f"{path}{':' + str(line) if line else ''}: key 'accounts[{i}].provider': "
+                f"unknown provider '{acc.provider}' (known: {', '.join(sorted(PROVIDERS))})"
+            )
+
+
+def parse(text: str, path: Path) -> Config:
+    """Parse and validate config text; every failure is one :class:`ConfigError` line."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        msg = str(e)
+        m = _TOML_LINE_RE.search(msg)
+        reason = _TOML_LINE_RE.sub("", msg).strip()
+        if m:
+            where = f"{path}:{m.group(1)}"
+        else:  # "(at end of document)": point at the last line
+            reason = reason.replace("(at end of document)", "at end of file").strip()
+            where = f"{path}:{max(1, len(text.splitlines()))}"
+        raise ConfigError(f"{where}: invalid TOML: {reason}") from None
+    try:
+        cfg = msgspec.convert(data, Config)
+    except msgspec.ValidationError as e:
+        raise _validation_error(path, text, e) from None
+    _check_semantics(path, text, cfg)
+    return cfg
+
+
+def load(path: Path) -> Config:
+    """Load the config; a missing file is the default config."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return Config()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    return parse(text, path)
+
+
+# -------------------------------------------------------------------------- writes
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot lock the config: {e.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    atomic_write(path, text.encode("utf-8"), 0o600)
+
+
+T = TypeVar("T")
+
+
+class ConfigFile:
+    """A config file on disk: read it, or edit it atomically under a lock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> Config:
+        return load(self.path)
+
+    def update(self, edit: Callable[[tomlkit.TOMLDocument], T]) -> tuple[Config, T]:
+        """Apply ``edit`` to the current document and persist it atomically.
+
+        The edit runs on a fresh read made under the lock; the result is
+        validated before anything is written, so a failing edit (or an invalid
+        result) leaves the file exactly as it was.
+        """
+        ensure_state_dir(self.path.parent)
+        with _locked(self.path):
+            try:
+                text = self.path.read_text(encoding="utf-8")
+            except FileNotFoundError:
+                text = ""
+            except OSError as e:
+                raise ConfigError(f"{self.path}: cannot read: {e.strerror}") from None
+            parse(text, self.path)  # refuse to build on a broken file
+            doc = tomlkit.parse(text)
+            result = edit(doc)
+            new_text = tomlkit.dumps(doc)
+            cfg = parse(new_text, self.path)
+            try:
+                _atomic_write(self.path, new_text)
+            except OSError as e:
+                raise ConfigError(f"{self.path}: cannot write: {e.strerror}") from None
+            return cfg, result
+
+
+# ----------------------------------------------------------------- document editing
+
+
+def find_account_table(doc: tomlkit.TOMLDocument, account_id: str) -> Any:
+    accounts = doc.get("accounts")
+    if accounts is None:
+        return None
+    for table in accounts:
+        if table.get("id") == account_id:
+            return table
+    return None
+
+
+def add_account(doc: tomlkit.TOMLDocument, account: Account) -> None:
+    """Append ``[[accounts]]`` for ``account`` (settings only when set)."""
+    if find_account_table(doc, account.id) is not None:
+        raise ConfigError(f"account '{account.id}' already exists")
+    data = msgspec.to_builtins(account)
+    settings = data.pop("settings", None)
+    table = tomlkit.table()
+    for k, v in data.items():
+        table.add(k, v)
+    if settings:
+        sub = tomlkit.table()
+        for k, v in settings.items():
+            sub.add(k, v)
+        table.add("settings", sub)
+    if "accounts" not in doc:
+        doc.add("accounts", tomlkit.aot())
+    doc["accounts"].append(table)
+
+
+def remove_account(doc: tomlkit.TOMLDocument, account_id: str) -> None:
+    accounts = doc.get("accounts")
+    if accounts is not None:
+        for i, table in enumerate(accounts):
+            if table.get("id") == account_id:
+                del accounts[i]
+                if len(accounts) == 0:
+                    del doc["accounts"]
+                return
+    raise ConfigError(f"no account with id '{account_id}'")
+
+
+def set_account_fields(doc: tomlkit.TOMLDocument, account_id: str, **fields: Any) -> None:
+    """Set top-level fields of one account (used to persist refreshed tokens)."""
+    table = find_account_table(doc, account_id)
+    if table is None:
+        raise ConfigError(f"no account with id '{account_id}'")
+    for k, v in fields.items():
+        if v is None:
+            table.pop(k, None)
+        else:
+            table[k] = v
+
+
+# --------------------------------------------------------------------- key paths
+
+
+def _unwrap(tp: Any) -> Any:
+    if get_origin(tp) is Annotated:
+        return get_args(tp)[0]
+    return tp
+
+
+def field_type(root: type, dotted: str) -> Any:
+    """The annotated type at a dotted key path of a Struct, or ConfigError."""
+    tp: Any = root
+    walked: list[str] = []
+    for part in dotted.split("."):
+        tp = _unwrap(tp)
+        walked.append(part)
+        if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+            hints = get_type_hints(tp, include_extras=True)
+            if part not in hints:
+                raise ConfigError(f"unknown config key '{'.'.join(walked)}'")
+            tp = hints[part]
+        elif get_origin(tp) is dict:
+            tp = get_args(tp)[1]
+        else:
+            raise ConfigError(f"unknown config key '{'.'.join(walked)}'")
+    return tp
+
+
+def parse_value(raw: str, tp: Any) -> Any:
+    """Turn a command-line string into a value for a field of type ``tp``.
+
+    Strings are taken as they are (no quotes needed for ``10.0.0.1``); other
+    types are read as TOML literals (``8080``, ``true``, ``["a", "b"]``). The
+    result is type-checked by the whole-config validation that follows.
+    """
+    base = _unwrap(tp)
+    origin = get_origin(base)
+    args = {_unwrap(a) for a in get_args(base)} if origin not in (None, Literal) else {base}
+    takes_str = origin is Literal or str in args
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        if takes_str:
+            return raw
+        raise ConfigError(f"'{raw}' is not a valid value (expected {type_name(tp)})") from None
+    if takes_str and not isinstance(value, str):
+        return raw
+    return value
+
+
+def type_name(tp: Any) -> str:
+    base = _unwrap(tp)
+    origin = get_origin(base)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(base))
+    if origin is list:
+        return f"list of {type_name(get_args(base)[0])}"
+    if origin is dict:
+        return "table"
+    if origin is not None:
+        return " or ".join(type_name(a) for a in get_args(base) if a is not type(None))
+    return {str: "string", int: "integer", bool: "boolean", float: "number"}.get(
+        base, getattr(base, "__name__", str(base))
+    )
+
+
+def to_toml_literal(value: Any) -> str:
+    """Render a value as a TOML literal (strings are printed bare by callers)."""
+    if isinstance(value, msgspec.Struct):
+        value = msgspec.to_builtins(value)
+    if isinstance(value, dict):
+        t = tomlkit.inline_table()
+        t.update(value)
+        return t.as_string()
+    return tomlkit.item(value).as_string()
+
+
+def get_key(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = obj.get(part) if isinstance(obj, dict) else getattr(obj, part)
+    return obj
+
+
+def _container(doc: Any, parts: list[str], create: bool) -> Any:
+    node = doc
+    for part in parts:
+        if part not in node:
+            if not create:
+                return None
+            node.add(part, tomlkit.table())
+        node = node[part]
+    return node
+
+
+def doc_set(doc: Any, dotted: str, value: Any, *, add: bool = False) -> None:
+    parts = dotted.split(".")
+    node = _container(doc, parts[:-1], create=True)
+    key = parts[-1]
+    if add:
+        current = node.get(key)
+        if current is None:
+            node[key] = [value] if not isinstance(value, list) else value
+        elif isinstance(current, list):
+            for v in value if isinstance(value, list) else [value]:
+                current.append(v)
+        else:
+            raise ConfigError(f"'{dotted}' is not a list; --add only appends to lists")
+    else:
+        node[key] = value
+
+
+def doc_unset(doc: Any, dotted: str) -> bool:
+    parts = dotted.split(".")
+    node = _container(doc, parts[:-1], create=False)
+    if node is None or parts[-1] not in node:
+        return False
+    del node[parts[-1]]
+    return True
+
+
+def is_secret_key(dotted: str) -> bool:
+    return dotted.split(".")[-1] in SECRET_FIELDS
+
+
+__all__ = [
+    "Account",
+    "AccountSettings",
+    "Config",
+    "ConfigFile",
+    "GithubConfig",
+    "OutboundProxyConfig",
+    "PoolConfig",
+    "ProxyModeConfig",
+    "RouteMode",
+    "ServerConfig",
+    "UpstreamConfig",
+    "UsageConfig",
+    "load",
+    "parse",
+    "resolve_path",
+]

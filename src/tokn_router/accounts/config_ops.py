@@ -1,0 +1,363 @@
+"""``config get|set|unset|list|edit``: key paths over the schema, effective values.
+
+Keys are dotted paths of the :class:`~tokn_router.accounts.config.Config` Structs
+(``server.port``); with an account id they address that ``[[accounts]]``
+entry (``settings.editor_version``). Values are type-checked against the
+schema before the whole-config validation of :meth:`ConfigFile.update`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shlex
+import subprocess
+import tempfile
+import tomllib
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+import msgspec
+import tomlkit
+
+from tokn_router import redact
+from tokn_router.accounts import config, identity
+from tokn_router.accounts.config import Account, Config, ConfigFile
+from tokn_router.accounts.providers import PROVIDERS
+from tokn_router.errors import AccountError, ConfigError, ToknError, UsageError
+
+_COPILOT_SETTING_DEFAULTS = {
+    "editor_version": identity.EDITOR_VERSION,
+    "editor_plugin_version": identity.EDITOR_PLUGIN_VERSION,
+    "user_agent": identity.USER_AGENT,
+    "copilot_integration_id": identity.COPILOT_INTEGRATION_ID,
+    "openai_intent": identity.OPENAI_INTENT,
+    "github_api_version": identity.GITHUB_API_VERSION,
+}
+
+
+def _is_struct(tp: Any) -> bool:
+    base = config._unwrap(tp)
+    return isinstance(base, type) and issubclass(base, msgspec.Struct)
+
+
+def key_type(key: str, account: str | None) -> Any:
+    """The schema type of ``key`` (an account field with ``account``)."""
+    key = key.strip()
+    if not key or key.startswith(".") or key.endswith(".") or ".." in key:
+        raise UsageError(f"invalid config key '{key}'")
+    if account is None and key.split(".")[0] == "accounts":
+        raise UsageError(
+            "account fields are addressed with --account ID "
+            "(e.g. `config set --account work settings.editor_version vscode/1.99.0`)"
+        )
+    if account is not None:
+        try:
+            return config.field_type(Account, key)
+        except ConfigError:
+            raise ConfigError(f"unknown account key '{key}'") from None
+    return config.field_type(Config, key)
+
+
+# ----------------------------------------------------------------- effective values
+
+
+def _builtins(obj: Any) -> Any:
+    """Builtins of a Struct tree with defaults kept (``to_builtins`` omits them)."""
+    if isinstance(obj, msgspec.Struct):
+        out = {}
+        for name in obj.__struct_fields__:
+            value = getattr(obj, name)
+            if value is not None:
+                out[name] = _builtins(value)
+        return out
+    if isinstance(obj, list):
+        return [_builtins(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _builtins(v) for k, v in obj.items()}
+    return obj
+
+
+def effective_account(acc: Account, github: config.GithubConfig) -> dict[str, Any]:
+    from tokn_router.accounts.providers import (
+        github as gh,  # imported lazily: it pulls in httpx and trio
+    )
+
+    data = _builtins(acc)
+    provider = PROVIDERS.get(acc.provider)
+    if acc.provider == "github-copilot":
+        data.setdefault("refresh_url", gh.token_url(github))
+        settings = data.setdefault("settings", {})
+        for k, v in _COPILOT_SETTING_DEFAULTS.items():
+            settings.setdefault(k, v)
+    elif provider is not None and provider.default_base_url:
+        data.setdefault("base_url", provider.default_base_url)
+    return data
+
+
+def effective(cfg: Config, path: Path) -> dict[str, Any]:
+    """The whole config with defaults filled in (secrets still present)."""
+    from tokn_router.accounts.providers import github as gh
+
+    data: dict[str, Any] = _builtins(cfg)
+    data["usage"].setdefault("path", str(config.usage_db_path(cfg, path)))
+    data["proxy_mode"].setdefault("ca_dir", str(config.ca_dir(cfg, path)))
+    data["github"].setdefault("url", gh.github_url(cfg.github))
+    data["github"].setdefault("api_url", gh.api_url(cfg.github))
+    data["accounts"] = [effective_account(a, cfg.github) for a in cfg.accounts]
+    return data
+
+
+def _lookup(data: Any, key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(data, dict):
+            return None
+        data = data.get(part)
+    return data
+
+
+def _need_account(cfg: Config, account: str) -> Account:
+    acc = cfg.account(account)
+    if acc is None:
+        raise AccountError(f"no account with id '{account}' (see `tokn-router account list`)")
+    return acc
+
+
+def get_value(cfg: Config, path: Path, key: str, account: str | None = None) -> Any:
+    """The effective value at ``key`` (``None`` when unset without a default)."""
+    key_type(key, account)
+    if account is not None:
+        return _lookup(effective_account(_need_account(cfg, account), cfg.github), key)
+    return _lookup(effective(cfg, path), key)
+
+
+def render(value: Any, key: str) -> str:
+    """Strings bare, tables as TOML, everything else as a TOML literal; secrets redacted."""
+    last = key.split(".")[-1]
+    if isinstance(value, str):
+        if last in redact.SECRET_KEYS:
+            return redact.secret(value)
+        if last == "url" or last.endswith("_url"):
+            return redact.url(value)
+        return value
+    if isinstance(value, dict):
+        value = redact.data(value)
+        if not value:
+            return "{}"
+        return tomlkit.dumps(value).rstrip("\n")
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        return tomlkit.dumps({last: redact.data(value)}).rstrip("\n")
+    return config.to_toml_literal(value)
+
+
+def render_list(cfg: Config, path: Path) -> str:
+    """``config list``: the effective config as TOML, secrets redacted."""
+    body = tomlkit.dumps(redact.data(effective(cfg, path)))
+    return f"# effective config of {path} (defaults filled in, secrets redacted)\n{body}"
+
+
+# ---------------------------------------------------------------------- set / unset
+
+
+def _convert(key: str, raw: str, value: Any, tp: Any) -> Any:
+    try:
+        return msgspec.convert(value, tp)
+    except msgspec.ValidationError as e:
+        msg = str(e).split(" - at `", 1)[0]
+        shown = redact.secret(raw) if key.split(".")[-1] in redact.SECRET_KEYS else raw
+        raise ConfigError(
+            f"invalid value {shown!r} for '{key}' (expected {config.type_name(tp)}): {msg}"
+        ) from None
+
+
+def _parse(key: str, raw: str, tp: Any) -> Any:
+    """A command-line string as a checked value of ``tp`` (TOML literal syntax for non-strings)."""
+    base = config._unwrap(tp)
+    origin = get_origin(base)
+    if origin in (list, dict):
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = None
+        if origin is list and not isinstance(value, list):
+            value = [_parse(key, raw, get_args(base)[0])]  # one element
+        elif origin is dict and not isinstance(value, dict):
+            raise ConfigError(
+                f"invalid value {raw!r} for '{key}' (expected a TOML inline table, e.g. "
+                "'{ name = \"value\" }'), or set one entry with a longer key"
+            )
+    else:
+        try:
+            value = config.parse_value(raw, tp)
+        except ConfigError:
+            shown = redact.secret(raw) if key.split(".")[-1] in redact.SECRET_KEYS else raw
+            raise ConfigError(
+                f"invalid value {shown!r} for '{key}' (expected {config.type_name(tp)})"
+            ) from None
+    _convert(key, raw, value, tp)
+    return value
+
+
+def _mutable_key(key: str, account: str | None) -> Any:
+    tp = key_type(key, account)
+    if _is_struct(tp):
+        raise UsageError(f"'{key}' is a table; set one of its keys (e.g. '{key}.<name>')")
+    return tp
+
+
+def set_value(
+    cfg_file: ConfigFile, key: str, raw: str, *, account: str | None = None, add: bool = False
+) -> Any:
+    """``config set``: type-check, edit the document, validate, write atomically."""
+    tp = _mutable_key(key, account)
+    if add:
+        base = config._unwrap(tp)
+        if get_origin(base) is not list:
+            raise UsageError(f"--add appends to lists, and '{key}' is {config.type_name(tp)}")
+    value = _parse(key, raw, tp)
+
+    def edit(doc: Any) -> None:
+        node = doc
+        if account is not None:
+            node = config.find_account_table(doc, account)
+            if node is None:
+                raise AccountError(
+                    f"no account with id '{account}' (see `tokn-router account list`)"
+                )
+        config.doc_set(node, key, value, add=add)
+
+    secret = key.split(".")[-1] in redact.SECRET_KEYS
+    _update(cfg_file, edit, [raw] if secret else [])
+    return value
+
+
+def unset_value(cfg_file: ConfigFile, key: str, *, account: str | None = None) -> bool:
+    """``config unset``: remove the key so its default applies; False if it was not set."""
+    key_type(key, account)
+    if account is not None and key == "id":
+        raise UsageError("an account's id cannot be unset; use `tokn-router account remove`")
+
+    def edit(doc: Any) -> bool:
+        node = doc
+        if account is not None:
+            node = config.find_account_table(doc, account)
+            if node is None:
+                raise AccountError(
+                    f"no account with id '{account}' (see `tokn-router account list`)"
+                )
+        return config.doc_unset(node, key)
+
+    _, removed = _update(cfg_file, edit, [])
+    return bool(removed)
+
+
+def _update(cfg_file: ConfigFile, edit: Any, secrets: list[str]) -> tuple[Config, Any]:
+    try:
+        return cfg_file.update(edit)
+    except ToknError as e:
+        e.args = (redact.text(str(e), secrets),)
+        raise
+
+
+# ------------------------------------------------------------------------------ edit
+
+
+def editor_command() -> list[str]:
+    editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+    try:
+        cmd = shlex.split(editor)
+    except ValueError:
+        raise UsageError(
+            f"cannot parse the editor command {editor!r} ($VISUAL / $EDITOR)"
+        ) from None
+    if not cmd:
+        raise UsageError("$VISUAL / $EDITOR is empty")
+    return cmd
+
+
+_TEMPLATE = """\
+# tokn-router config (see the README for every key)
+#
+# [server]
+# port = 4141
+"""
+
+
+def edit_file(cfg_file: ConfigFile) -> str:
+    """``config edit``: edit a private copy, validate it, then replace the file.
+
+    The editor works on a ``0600`` copy next to the config. The config is only
+    replaced (atomically, under the lock) when the edited text validates and
+    the file did not change meanwhile; otherwise the config stays as it was and
+    the copy is kept for the user. Returns ``"saved"`` or ``"unchanged"``.
+    """
+    path = cfg_file.path
+    config.ensure_state_dir(path.parent)
+    try:
+        original = path.read_bytes()
+    except FileNotFoundError:
+        original = None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    start = original if original is not None else _TEMPLATE.encode()
+    digest = hashlib.sha256(original or b"").hexdigest()
+    try:
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f"{path.stem}.edit-", suffix=".toml", dir=path.parent
+        )
+    except OSError as e:
+        raise ConfigError(f"{path.parent}: cannot create a temp file: {e.strerror}") from None
+    tmp = Path(tmp_name)
+    keep = False
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(start)
+        cmd = editor_command()
+        try:
+            rc = subprocess.run([*cmd, str(tmp)], check=False).returncode
+        except OSError as e:
+            raise UsageError(f"cannot run the editor {cmd[0]!r}: {e.strerror}") from None
+        if rc != 0:
+            raise ToknError(f"the editor exited with status {rc}; {path} left unchanged")
+        edited = tmp.read_bytes()
+        if edited == start:
+            return "unchanged"
+        try:
+            text = edited.decode("utf-8")
+        except UnicodeDecodeError:
+            keep = True
+            raise ConfigError(
+                f"{tmp}: not UTF-8 text; {path} left unchanged (your edit is kept in {tmp})"
+            ) from None
+        try:
+            config.parse(text, tmp)
+        except ConfigError as e:
+            keep = True
+            raise ConfigError(
+                f"{e}; {path} left unchanged (your edit is kept in {tmp.name})"
+            ) from None
+        with config._locked(path):
+            try:
+                now = path.read_bytes()
+            except FileNotFoundError:
+                now = b""
+            if hashlib.sha256(now).hexdigest() != digest:
+                keep = True
+                raise ConfigError(
+                    f"{path} changed on disk while you were editing; it was left as is "
+                    f"(your edit is kept in {tmp})"
+                )
+            try:
+                config._atomic_write(path, text)
+            except OSError as e:
+                keep = True
+                raise ConfigError(
+                    f"{path}: cannot write: {e.strerror} (your edit is kept in {tmp})"
+                ) from None
+        return "saved"
+    finally:
+        if not keep:
+            with contextlib.suppress(OSError):
+                tmp.unlink()

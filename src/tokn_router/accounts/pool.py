@@ -1,0 +1,436 @@
+"""The account pool: who can serve a request, in which order, and who is cooling down.
+
+Each configured account has an :class:`AccountState` holding its live
+credential, cooldown and model list. The pool picks candidates round robin,
+applies pins (``provider/model``, ``X-Tokn-Account``), and records outcomes
+(cooldowns with ``Retry-After`` or exponential back-off capped at 16x).
+
+Credential refresh is single-flight per account: concurrent 401s trigger one
+refresh, the others wait for it and reuse the result.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx2 as httpx
+import msgspec
+import trio
+
+from tokn_router.accounts import providers
+from tokn_router.accounts.config import Account, Config, GithubConfig
+from tokn_router.accounts.providers.base import Credential, Provider
+from tokn_router.errors import AuthError, ToknError, UpstreamError
+
+log = logging.getLogger("tokn_router.pool")
+
+MAX_BACKOFF_FACTOR = 16
+MODELS_TTL_SECS = 600.0
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        secs = float(value)
+        return max(0.0, secs) if math.isfinite(secs) else None
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    now = time.time() if now is None else now
+    return max(0.0, when.timestamp() - now)
+
+
+class _ModelList(msgspec.Struct):
+    data: list[dict[str, Any]] = msgspec.field(default_factory=list)
+
+
+_models_decoder = msgspec.json.Decoder(_ModelList)
+
+
+@dataclass(eq=False)
+class AccountState:
+    account: Account
+    provider: Provider
+    credential: Credential | None = None
+    generation: int = 0  # bumps at each new credential
+    refresh_at: float = 0.0  # wall-clock time the credential should be replaced
+    cooldown_until: float = 0.0  # wall-clock seconds
+    failures: int = 0
+    disabled_reason: str | None = None
+    last_error: str | None = None
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> upstream entry
+    models_fetched_at: float = 0.0
+    refresh_lock: trio.Lock = field(default_factory=trio.Lock)
+    wake: trio.Event = field(default_factory=trio.Event)
+    # set once the first credential + model-list attempt is over (success or not),
+    # so requests arriving during start-up wait instead of seeing a partial pool
+    ready: trio.Event = field(default_factory=trio.Event)
+    removed: bool = False
+
+    @property
+    def id(self) -> str:
+        return self.account.id
+
+    def usable(self, now: float) -> bool:
+        return (
+            self.account.enabled
+            and not self.disabled_reason
+            and not self.removed
+            and self.cooldown_until <= now
+        )
+
+    def serves(self, model: str) -> bool:
+        if self.models:
+            return model in self.models
+        return model in self.provider.static_models
+
+    def token(self) -> str | None:
+        if self.credential is not None:
+            return self.credential.token
+        return self.provider.token(self.account)
+
+    def base_url(self) -> str:
+        return self.provider.base_url(self.account, self.credential)
+
+    def needs_credential(self) -> bool:
+        """A short-lived credential that is missing or about to expire."""
+        if not self.provider.needs_refresh():
+            return False
+        cred = self.credential
+        if cred is None or not cred.token:
+            return True
+        return time.time() >= self.refresh_at
+
+    def set_credential(self, cred: Credential | None) -> None:
+        """Install a credential and schedule its replacement.
+
+        Refresh at ``refresh_in`` when upstream said so, else five minutes
+        before expiry (protocol reference §2).
+        """
+        self.credential = cred
+        self.generation += 1
+        now = time.time()
+        if cred is None:
+            self.refresh_at = 0.0
+            return
+        due = math.inf
+        if cred.refresh_in is not None:
+            due = now + max(1.0, float(cred.refresh_in))
+        if cred.expires_at is not None:
+            due = min(due, cred.expires_at - 300)
+        self.refresh_at = due
+
+    def health(self, now: float) -> dict[str, Any]:
+        state = "healthy"
+        if not self.account.enabled or self.disabled_reason:
+            state = "disabled"
+        elif self.cooldown_until > now:
+            state = "cooling_down"
+        elif self.provider.needs_refresh() and self.credential is None:
+            state = "no_credential"
+        out: dict[str, Any] = {
+            "id": self.id,
+            "provider": self.provider.id,
+            "state": state,
+            "models": len(self.models),
+        }
+        if state == "cooling_down":
+            out["cooldown_until"] = int(self.cooldown_until)
+            out["retry_after_secs"] = math.ceil(self.cooldown_until - now)
+        if self.disabled_reason:
+            out["disabled_reason"] = self.disabled_reason
+        elif not self.account.enabled:
+            out["disabled_reason"] = "enabled = false in the config"
+        if self.last_error:
+            out["last_error"] = self.last_error
+        if self.credential and self.credential.expires_at:
+            out["token_expires_at"] = self.credential.expires_at
+        return out
+
+
+def _initial_credential(account: Account, provider: Provider) -> Credential | None:
+    if provider.needs_refresh():
+        if account.access_token:
+            return Credential(
+                token=account.access_token, expires_at=account.access_token_expires_at
+            )
+        return None
+    if account.api_key:
+        return Credential(token=account.api_key)
+    return None
+
+
+class Pool:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.states: list[AccountState] = []
+        self._rr = 0
+        self.apply_config(cfg)
+
+    # ----------------------------------------------------------------- config
+
+    def apply_config(self, cfg: Config) -> tuple[list[AccountState], list[AccountState]]:
+        """Adopt a (re)loaded config; returns (added, removed) states.
+
+        Existing accounts keep their live credential, cooldown and model list
+        unless their credentials changed in the file. In-flight requests hold
+        their own reference, so removed accounts finish what they serve.
+        """
+        self.cfg = cfg
+        old = {s.id: s for s in self.states}
+        new_states: list[AccountState] = []
+        added: list[AccountState] = []
+        for acc in cfg.accounts:
+            prov = providers.get(acc.provider)
+            st = old.pop(acc.id, None)
+            if st is None or st.provider is not prov:
+                if st is not None:
+                    st.removed = True
+                    old[acc.id + "\0replaced"] = st
+                st = AccountState(account=acc, provider=prov)
+                st.set_credential(_initial_credential(acc, prov))
+                added.append(st)
+            else:
+                creds_changed = (
+                    st.account.refresh_token != acc.refresh_token
+                    or st.account.api_key != acc.api_key
+                    or st.account.base_url != acc.base_url
+                    or (
+                        acc.access_token
+                        and (st.credential is None or acc.access_token != st.credential.token)
+                        and acc.access_token != st.account.access_token
+                    )
+                )
+                st.account = acc
+                if creds_changed:
+                    st.set_credential(_initial_credential(acc, prov))
+                    st.disabled_reason = None
+                    st.models = {}
+                    st.models_fetched_at = 0.0
+                    st.wake.set()
+            new_states.append(st)
+        removed = list(old.values())
+        for st in removed:
+            st.removed = True
+            st.wake.set()
+        self.states = new_states
+        return added, removed
+
+    # ------------------------------------------------------------- selection
+
+    def serving(self, model: str, *, provider_id: str | None = None) -> list[AccountState]:
+        return [
+            s
+            for s in self.states
+            if s.account.enabled
+            and not s.disabled_reason
+            and (provider_id is None or s.provider.id == provider_id)
+            and s.serves(model)
+        ]
+
+    def candidates(
+        self,
+        model: str,
+        *,
+        provider_id: str | None = None,
+        account_id: str | None = None,
+    ) -> list[AccountState]:
+        """Accounts that can serve ``model``, in round-robin order (cooling ones included last)."""
+        if account_id is not None:
+            return [s for s in self.states if s.id == account_id and s.serves(model)]
+        found = self.serving(model, provider_id=provider_id)
+        if not found:
+            return []
+        start = self._rr % len(found)
+        self._rr += 1
+        return found[start:] + found[:start]
+
+    def pick(self, states: list[AccountState]) -> AccountState:
+        """One of ``states`` in round-robin order (shares the pool's rotation)."""
+        self._rr += 1
+        return states[self._rr % len(states)]
+
+    def find(self, account_id: str) -> AccountState | None:
+        return next((s for s in self.states if s.id == account_id), None)
+
+    # -------------------------------------------------------------- outcomes
+
+    def succeeded(self, st: AccountState) -> None:
+        st.failures = 0
+        st.last_error = None
+
+    def cool_down(self, st: AccountState, retry_after: float | None, reason: str) -> float:
+        """Put an account aside; returns the cooldown length in seconds."""
+        st.failures += 1
+        if retry_after is None:
+            base = float(self.cfg.pool.failure_cooldown_secs)
+            factor = min(2 ** (st.failures - 1), MAX_BACKOFF_FACTOR)
+            retry_after = base * factor
+        st.cooldown_until = max(st.cooldown_until, time.time() + retry_after)
+        st.last_error = reason
+        log.warning("account %s cooling down for %.0fs: %s", st.id, retry_after, reason)
+        return retry_after
+
+    def soonest_available(self, states: Iterable[AccountState]) -> float | None:
+        ends = [s.cooldown_until for s in states if s.cooldown_until > time.time()]
+        return min(ends) if ends else None
+
+    # ---------------------------------------------------------------- models
+
+    def model_entries(self) -> list[tuple[AccountState, dict[str, Any]]]:
+        """The union of upstream model entries, de-duplicated by id (first wins)."""
+        seen: set[str] = set()
+        out: list[tuple[AccountState, dict[str, Any]]] = []
+        for st in self.states:
+            if not st.account.enabled or st.disabled_reason:
+                continue
+            entries: Iterable[dict[str, Any]] = st.models.values()
+            if not st.models:
+                entries = (
+                    {"id": m, "object": "model", "owned_by": st.provider.id}
+                    for m in st.provider.static_models
+                )
+            for entry in entries:
+                mid = entry.get("id")
+                if isinstance(mid, str) and mid not in seen:
+                    seen.add(mid)
+                    out.append((st, entry))
+        return out
+
+    async def wait_ready(self, limit: float = 15.0) -> None:
+        """Wait (bounded) until every account finished its first refresh/model read."""
+        if all(st.ready.is_set() for st in self.states):
+            return  # the steady state: no cancel scope, no checkpoint on the hot path
+        with trio.move_on_after(limit):
+            for st in list(self.states):
+                await st.ready.wait()
+
+    def known_models(self) -> set[str]:
+        return {e["id"] for _, e in self.model_entries()}
+
+
+# -------------------------------------------------------------------- refresh
+
+
+class Refresher:
+    """Mints short-lived credentials and reads model lists for accounts."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        client: httpx.AsyncClient,
+        github: GithubConfig,
+        persist: Any,  # async callable(account_id, Credential) -> None
+    ) -> None:
+        self.pool = pool
+        self.client = client
+        self.github = github
+        self.persist = persist
+
+    async def refresh(self, st: AccountState, *, seen_generation: int | None = None) -> bool:
+        """Refresh one account's credential once, single-flight.
+
+        When ``seen_generation`` is given and another task already replaced
+        that credential, the refresh is skipped and the new one reused.
+        Returns True when a usable credential is in place.
+        """
+        if not st.provider.needs_refresh():
+            return st.token() is not None
+        async with st.refresh_lock:
+            if seen_generation is not None and st.generation != seen_generation:
+                return st.credential is not None
+            try:
+                cred = await st.provider.refresh(self.client, st.account, self.github)
+            except AuthError as e:
+                if e.status in (401, 404):
+                    if not st.disabled_reason:
+                        st.disabled_reason = str(e)
+                        log.error("account %s disabled: %s", st.id, e)
+                else:
+                    st.last_error = str(e)
+                    log.warning("account %s: token refresh failed: %s", st.id, e)
+                return False
+            except (UpstreamError, httpx.HTTPError) as e:
+                st.last_error = f"token refresh failed: {e}"
+                log.warning("account %s: token refresh failed: %s", st.id, e)
+                return False
+            st.set_credential(cred)
+            st.last_error = None
+            try:
+                await self.persist(st.id, cred)
+            except ToknError as e:
+                log.warning("account %s: could not persist the refreshed token: %s", st.id, e)
+            return True
+
+    async def fetch_models(self, st: AccountState) -> None:
+        token = st.token()
+        if not token:
+            return
+        url = st.base_url() + "/models"
+        try:
+            resp = await self.client.get(url, headers=st.provider.model_headers(st.account, token))
+        except httpx.HTTPError as e:
+            log.info("account %s: cannot list models (%s); using the static list", st.id, e)
+            return
+        if resp.status_code != 200:
+            log.info(
+                "account %s: /models answered %s; using the static list", st.id, resp.status_code
+            )
+            return
+        try:
+            data = _models_decoder.decode(resp.content).data
+        except msgspec.DecodeError:
+            return
+        st.models = {e["id"]: e for e in data if isinstance(e.get("id"), str)}
+        st.models_fetched_at = time.monotonic()
+
+    async def run_account(self, st: AccountState) -> None:
+        """One account's background task: keep the credential fresh, list models."""
+        backoff = 5.0
+        while not st.removed:
+            if st.disabled_reason or not st.account.enabled:
+                st.ready.set()
+                await self._wait(st, None)
+                continue
+            if st.needs_credential():
+                ok = await self.refresh(st)
+                if not ok:
+                    st.ready.set()
+                    if st.disabled_reason:
+                        continue
+                    await self._wait(st, backoff)
+                    backoff = min(backoff * 2, 300.0)
+                    continue
+                backoff = 5.0
+            if not st.models or time.monotonic() - st.models_fetched_at > MODELS_TTL_SECS:
+                await self.fetch_models(st)
+            st.ready.set()
+            await self._wait(st, self._next_wake(st))
+
+    def _next_wake(self, st: AccountState) -> float:
+        delay = MODELS_TTL_SECS
+        if st.provider.needs_refresh() and st.credential is not None:
+            delay = min(delay, max(0.5, st.refresh_at - time.time()))
+        return delay
+
+    async def _wait(self, st: AccountState, delay: float | None) -> None:
+        st.wake = trio.Event()
+        if delay is None:
+            await st.wake.wait()
+        else:
+            with trio.move_on_after(delay):
+                await st.wake.wait()

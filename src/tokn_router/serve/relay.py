@@ -1,0 +1,315 @@
+"""The request path shared by every listener: route → account → upstream.
+
+:meth:`Relay.open` picks accounts for a model and sends the request upstream,
+failing over before the first byte is sent to the client (SPEC §8):
+
+- 401/403 on a refreshable account: one single-flight token refresh, retry
+  the same account once, then cool it down and move on;
+- 402/429: cool down for ``Retry-After`` (seconds or HTTP date), else the
+  exponential back-off; 5xx, connect errors and timeouts: cool down;
+- other 4xx: the client's fault, returned to be relayed as is.
+
+The caller then relays the opened response and reports a :class:`RequestLog`
+to the ledger.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx2 as httpx
+import trio
+
+from tokn_router.accounts import providers
+from tokn_router.accounts.pool import AccountState, Pool, Refresher, parse_retry_after
+from tokn_router.usage.record import Attempt, RequestRecord
+from tokn_router.wire.errors import upstream_error_text
+from tokn_router.wire.sse import Usage
+
+log = logging.getLogger("tokn_router.relay")
+
+
+class ApiError(Exception):
+    """A request that ends with an error answer (OpenAI shape unless the API says otherwise)."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+        self.headers = headers or {}
+
+
+@dataclass(slots=True)
+class RequestLog:
+    """Everything the ledger records about one request, filled as it progresses."""
+
+    endpoint: str
+    source: str = "api"
+    route_mode: str = "route"
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    started: float = field(default_factory=time.monotonic)
+    started_at_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    model: str = ""
+    upstream_model: str | None = None
+    account_id: str | None = None
+    provider_id: str | None = None
+    initiator: str | None = None
+    stream: bool = False
+    status: int = 0
+    error: str | None = None
+    usage: Usage | None = None
+    ttft_ms: float | None = None
+    latency_ms: float | None = None
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_record(self) -> RequestRecord:
+        u = self.usage
+        return RequestRecord(
+            ts=self.started_at_ms // 1000,
+            started_at_ms=self.started_at_ms,
+            request_id=self.request_id,
+            endpoint=self.endpoint,
+            model=self.model or "",
+            account_id=self.account_id,
+            provider_id=self.provider_id,
+            upstream_model=self.upstream_model,
+            initiator=self.initiator,
+            stream=self.stream,
+            route_mode=self.route_mode,
+            source=self.source,  # type: ignore[arg-type]
+            status=self.status,
+            error=self.error,
+            input_tokens=u.prompt_tokens if u else None,
+            output_tokens=u.completion_tokens if u else None,
+            cached_tokens=u.cached_tokens if u else None,
+            reasoning_tokens=u.reasoning_tokens if u else None,
+            latency_ms=self.latency_ms,
+            ttft_ms=self.ttft_ms,
+            attempts=[
+                Attempt(account_id=a["account_id"], status=a.get("status", 0), error=a.get("error"))
+                for a in self.attempts
+            ],
+        )
+
+    def mark_first_token(self) -> None:
+        if self.ttft_ms is None:
+            self.ttft_ms = round((time.monotonic() - self.started) * 1000, 2)
+
+    def finish(self) -> None:
+        if self.latency_ms is None:
+            self.latency_ms = round((time.monotonic() - self.started) * 1000, 2)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a request may go: the upstream model id and the candidate accounts."""
+
+    model: str  # the id sent upstream
+    candidates: list[AccountState]
+
+
+# (account, token) -> (body bytes, headers) for one attempt
+BuildRequest = Callable[[AccountState, str], tuple[bytes, dict[str, str]]]
+# The upstream path: one for every account, or chosen per account (the agent
+# APIs go native on accounts whose model lists the endpoint, else translate).
+UpstreamPath = str | Callable[[AccountState], str]
+
+
+@dataclass(slots=True)
+class Opened:
+    state: AccountState
+    response: httpx.Response
+
+
+class Relay:
+    def __init__(self, pool: Pool, refresher: Refresher, client: httpx.AsyncClient) -> None:
+        self.pool = pool
+        self.refresher = refresher
+        self.client = client
+
+    # ---------------------------------------------------------------- routing
+
+    async def route(
+        self,
+        requested: str,
+        *,
+        account_id: str | None,
+        aliases: dict[str, str],
+        resolve: Callable[[str, set[str]], str | None] | None = None,
+    ) -> Route:
+        """Resolve a client model id to candidates, or raise 404/503 ApiError."""
+        if not self.pool.states:
+            raise ApiError(
+                503,
+                "no account is configured: add one with `tokn-router login` "
+                "(or `tokn-router import`) and the daemon picks it up",
+                code="no_accounts",
+                headers={"Retry-After": "60"},
+            )
+        model = aliases.get(requested, requested)
+        provider_id: str | None = None
+        prefix, sep, rest = model.partition("/")
+        if sep and prefix in providers.PROVIDERS:
+            provider_id, model = prefix, rest
+        if account_id is not None:
+            st = self.pool.find(account_id)
+            if st is None:
+                raise ApiError(
+                    400,
+                    f"X-Tokn-Account names an unknown account '{account_id}'",
+                    code="unknown_account",
+                )
+        await self.pool.wait_ready()
+        for attempt in range(2):
+            resolved = model
+            if resolve is not None:
+                resolved = resolve(model, self.pool.known_models()) or model
+            cands = self.pool.candidates(resolved, provider_id=provider_id, account_id=account_id)
+            if cands:
+                return Route(model=resolved, candidates=cands)
+            if attempt == 0 and not await self._fetch_missing_models():
+                break
+        raise self._unknown_model(requested, account_id)
+
+    async def _fetch_missing_models(self) -> bool:
+        """Read model lists not fetched yet (start-up race); True if any was read."""
+        pending = [
+            s for s in self.pool.states if not s.models and s.token() and s.usable(time.time())
+        ]
+        if not pending:
+            return False
+        async with trio.open_nursery() as n:
+            for st in pending:
+                n.start_soon(self.refresher.fetch_models, st)
+        return any(s.models for s in pending)
+
+    def _unknown_model(self, requested: str, account_id: str | None) -> ApiError:
+        from tokn_router.wire.translate.models import closest_ids
+
+        close = closest_ids(requested.split("/")[-1], self.pool.known_models())
+        where = f" on account '{account_id}'" if account_id else ""
+        hint = f"; closest: {', '.join(close)}" if close else ""
+        return ApiError(
+            404,
+            f"model '{requested}' is not served by any configured account{where}{hint}",
+            code="model_not_found",
+            param="model",
+        )
+
+    # --------------------------------------------------------------- sending
+
+    async def open(
+        self, route: Route, path: UpstreamPath, build: BuildRequest, rlog: RequestLog
+    ) -> Opened:
+        """Send to the first account that accepts; fail over before the first byte."""
+        last_error = "no account was available"
+        tried: list[AccountState] = []
+        for st in route.candidates:
+            if not st.usable(time.time()):
+                continue
+            tried.append(st)
+            opened, last_error = await self._try_account(st, route, path, build, rlog)
+            if opened is not None:
+                return opened
+        states = route.candidates
+        soonest = self.pool.soonest_available(states)
+        retry_after = max(1, int(soonest - time.time()) + 1) if soonest else 30
+        if not tried:
+            msg = "every account that serves this model is cooling down"
+            reasons = [s.last_error for s in states if s.last_error]
+            if reasons:
+                last_error = reasons[0]
+        else:
+            msg = f"all {len(tried)} account(s) failed"
+        raise ApiError(
+            503,
+            f"{msg}; last upstream error: {last_error}",
+            code="all_accounts_unavailable",
+            headers={"Retry-After": str(retry_after)},
+        )
+
+    async def _try_account(
+        self,
+        st: AccountState,
+        route: Route,
+        path: UpstreamPath,
+        build: BuildRequest,
+        rlog: RequestLog,
+    ) -> tuple[Opened | None, str]:
+        refreshed = False
+        while True:
+            if st.needs_credential():
+                gen = st.generation
+                if not await self.refresher.refresh(st, seen_generation=gen) and st.token() is None:
+                    reason = st.disabled_reason or st.last_error or "no credential"
+                    rlog.attempts.append({"account_id": st.id, "status": 0, "error": reason})
+                    if not st.disabled_reason:
+                        # GitHub unreachable: don't retry the exchange on every request
+                        self.pool.cool_down(st, None, reason)
+                    return None, reason
+            token = st.token()
+            if not token:
+                reason = "no credential"
+                rlog.attempts.append({"account_id": st.id, "status": 0, "error": reason})
+                return None, reason
+            gen = st.generation
+            body, headers = build(st, token)
+            url = st.base_url() + (path if isinstance(path, str) else path(st))
+            try:
+                req = self.client.build_request("POST", url, content=body, headers=headers)
+                resp = await self.client.send(req, stream=True)
+            except httpx.TimeoutException as e:
+                reason = f"timeout talking to {st.provider.id} ({type(e).__name__})"
+                rlog.attempts.append({"account_id": st.id, "status": 0, "error": reason})
+                self.pool.cool_down(st, None, reason)
+                return None, reason
+            except httpx.HTTPError as e:
+                reason = f"cannot reach {url}: {type(e).__name__}: {e}"
+                rlog.attempts.append({"account_id": st.id, "status": 0, "error": reason})
+                self.pool.cool_down(st, None, reason)
+                return None, reason
+            status = resp.status_code
+            if status < 400:
+                self.pool.succeeded(st)
+                rlog.attempts.append({"account_id": st.id, "status": status})
+                return Opened(st, resp), ""
+            if status in (400, 404, 413, 422) or (
+                400 <= status < 500 and status not in (401, 402, 403, 408, 429)
+            ):
+                # the request's fault, not the account's: relay it untouched
+                rlog.attempts.append({"account_id": st.id, "status": status})
+                return Opened(st, resp), ""
+            try:
+                err_body = await resp.aread()
+            except httpx.HTTPError:
+                err_body = b""
+            finally:
+                with trio.CancelScope(shield=True):
+                    await resp.aclose()
+            reason = upstream_error_text(status, err_body, resp.headers.get("content-type", ""))
+            rlog.attempts.append({"account_id": st.id, "status": status, "error": reason})
+            if status in (401, 403) and st.provider.needs_refresh() and not refreshed:
+                refreshed = True
+                log.info("account %s: upstream %s, refreshing the token once", st.id, status)
+                if await self.refresher.refresh(st, seen_generation=gen):
+                    continue
+            retry_after = parse_retry_after(resp.headers.get("retry-after"))
+            if status not in (402, 429):
+                retry_after = retry_after if status == 503 else None
+            self.pool.cool_down(st, retry_after, reason)
+            return None, reason
