@@ -39,7 +39,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import tomlkit  # noqa: E402
-from tests.fakes.upstream import FakeUpstream, RecordedRequest  # noqa: E402
+from tests.fakes import FakeUpstream, RecordedRequest  # noqa: E402
 
 AGENT_KEY = "sk-agent-key-must-never-reach-upstream"
 TOOL_MARK = "tokn-tool-ok"

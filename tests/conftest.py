@@ -17,11 +17,11 @@ import pytest
 import tomlkit
 import trustme
 
+from tests.fakes import FakeUpstream
 from tests.fakes.process import Daemon, merge_env
 from tests.fakes.process import run_cli as _run_cli
 from tests.fakes.process import wait_for as _wait_for
 from tests.fakes.proxies import HttpProxy, Socks5Proxy
-from tests.fakes.upstream import FakeUpstream
 
 # Variables that must never leak from the developer's shell into a test process.
 _SCRUB_PREFIXES = ("TOKN_ROUTER_",)

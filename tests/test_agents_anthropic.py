@@ -14,7 +14,7 @@ import anthropic
 import httpx
 import pytest
 
-from tests.fakes.upstream import FakeUpstream
+from tests.fakes import FakeUpstream
 from tests.helpers import ledger_rows, stop
 
 NATIVE = "claude-sonnet-4.5"

@@ -14,8 +14,7 @@ import httpx
 import openai
 import pytest
 
-from tests.fakes import embedding_for
-from tests.fakes.upstream import FakeUpstream
+from tests.fakes import FakeUpstream, embedding_for
 from tests.helpers import ledger_rows, stop
 
 NATIVE = "gpt-4.1"

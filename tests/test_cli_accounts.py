@@ -7,7 +7,7 @@ import time
 import tomllib
 from typing import Any
 
-from tests.fakes.upstream import FakeUpstream
+from tests.fakes import FakeUpstream
 
 GHO = "gho_alice0123456789"
 ZAI_KEY = "zai-secret-key-0123456789"

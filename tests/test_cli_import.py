@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.fakes.upstream import FakeUpstream
+from tests.fakes import FakeUpstream
 
 GH_TOKEN = "gho_ghuser0123456789"
 PLUGIN_TOKEN = "ghu_pluginuser0123456789"

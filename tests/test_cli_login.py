@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
+from tests.fakes import DeviceOutcome, FakeUpstream
 from tests.fakes.process import CLI
-from tests.fakes.upstream import DeviceOutcome, FakeUpstream
 
 
 def one_error_line(r: subprocess.CompletedProcess[str], code: int | None = None) -> str:

@@ -97,7 +97,8 @@ def test_device_flow_json_and_form(fake: FakeUpstream, client: httpx.Client) -> 
     assert seen[1]["interval"] == 5 and seen[2]["interval"] == 9
     assert seen[5] == {"access_token": "gho_alice", "token_type": "bearer", "scope": "read:user"}
     assert fake.device_flow.polls == 6
-    assert fake.requests_to("/login/oauth/access_token")[0].form["grant_type"] == GRANT
+    form = fake.requests_to("/login/oauth/access_token")[0].form
+    assert form is not None and form["grant_type"] == GRANT
 
     # default outcome once the queue is empty; unknown device code
     r = client.post(
@@ -596,6 +597,64 @@ def test_wait_for_requests_and_recording(fake: FakeUpstream, client: httpx.Clien
     )
     rec = fake.wait_for_requests("/user")[0]
     assert rec.query == {"a": "1"} and rec.header("x-custom") == "v" and rec.status == 200
+
+
+# --------------------------------------------------------------------------------------
+# layout: the package face, one module per upstream
+# --------------------------------------------------------------------------------------
+
+
+def test_package_face_is_locked() -> None:
+    import types
+
+    import tests.fakes
+
+    assert tests.fakes.__all__ == [
+        "BackgroundServer",
+        "Daemon",
+        "DeviceOutcome",
+        "FakeUpstream",
+        "GithubAccount",
+        "HttpProxy",
+        "ProxyRecord",
+        "RecordedRequest",
+        "Script",
+        "Socks5Proxy",
+        "embedding_for",
+        "http_date",
+        "merge_env",
+        "run_cli",
+        "wait_for",
+    ]
+    public = {
+        name
+        for name, value in vars(tests.fakes).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+    assert public == set(tests.fakes.__all__)
+
+
+def test_each_upstream_serves_alone() -> None:
+    """Every upstream module is a whole fake; ``FakeUpstream`` only puts them on one server."""
+    from tests.fakes.github import GithubFake
+    from tests.fakes.https_host import HttpsHost
+    from tests.fakes.zai import ZaiFake
+
+    with ZaiFake() as z, GithubFake() as g, HttpsHost() as h, httpx.Client(trust_env=False) as c:
+        r = c.get(z.zai_url + "/models", headers={"authorization": "Bearer zai-k"})
+        assert r.json()["data"][0]["id"] == "glm-4.5-air"
+        assert c.get(z.url + "/user").status_code == 404
+        r = c.get(g.url + "/user", headers={"authorization": "token gho_solo"})
+        assert r.json()["login"] == "solo"
+        assert c.post(g.url + "/chat/completions", json={}).status_code == 404
+        assert c.put(h.url + "/echo/x", content=b"b").json()["body"] == "b"
+        assert [r.service for r in (*z.requests, *g.requests, *h.requests)] == [
+            "zai",
+            "unknown",
+            "github-api",
+            "unknown",
+            "unknown",
+        ]
 
 
 # --------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import httpx2
 import pytest
 import trio
 
-from tests.fakes.upstream import FakeUpstream
+from tests.fakes import FakeUpstream
 from tokn_router.accounts import importers
 from tokn_router.accounts.importers import NoTokenError, TokenSourceError
 from tokn_router.errors import AuthError, UpstreamError, UsageError

@@ -21,7 +21,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from quart_trio import QuartTrio
 
-from tests.fakes.upstream import FakeUpstream
+from tests.fakes import FakeUpstream
 from tokn_router.accounts.config import Config
 from tokn_router.accounts.pool import Pool, Refresher
 from tokn_router.edges.api import Services, create_app

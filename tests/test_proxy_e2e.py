@@ -16,7 +16,7 @@ import httpx
 import pytest
 import trustme
 
-from tests.fakes.upstream import FakeUpstream
+from tests.fakes import FakeUpstream
 from tests.helpers import ledger_rows
 
 CHAT = "/chat/completions"

@@ -22,8 +22,8 @@ import pytest
 import trio
 import trustme
 
+from tests.fakes import FakeUpstream
 from tests.fakes.proxies import HttpProxy, Socks5Proxy
-from tests.fakes.upstream import FakeUpstream
 from tokn_router.net.client import ProxySetting
 from tokn_router.net.tunnels import (
     OutboundError,

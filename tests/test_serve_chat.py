@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from tests.fakes.upstream import FakeUpstream
+from tests.fakes import FakeUpstream
 
 
 def _openai(url: str) -> openai.OpenAI:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.fakes.upstream import FakeUpstream, http_date
+from tests.fakes import FakeUpstream, http_date
 
 CHAT = "/chat/completions"
 

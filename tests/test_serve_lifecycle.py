@@ -10,7 +10,7 @@ import threading
 import httpx
 import pytest
 
-from tests.fakes.upstream import FakeUpstream
+from tests.fakes import FakeUpstream
 
 CHAT = "/chat/completions"
 

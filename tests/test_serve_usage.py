@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.fakes.upstream import FakeUpstream
+from tests.fakes import FakeUpstream
 from tests.helpers import ledger_rows, stop
 
 CHAT = "/chat/completions"
