@@ -1,6 +1,12 @@
 """Finding, verifying and storing credentials: ``login`` and ``import``.
 
-Token discovery follows SPEC §5 and the protocol reference §7:
+About 560 lines, one job: every token source is read defensively (files in
+several formats, each failure one line naming the file), and the sources share
+the verification and storing below; splitting them would spread one error
+vocabulary over several modules.
+
+Where each tool keeps its token (the places gh and the Copilot editor plugins
+write, in the order they are tried):
 
 * ``gh``: ``$GH_TOKEN``, ``$GITHUB_TOKEN``, then ``hosts.yml`` in
   ``$GH_CONFIG_DIR``, ``$XDG_CONFIG_HOME/gh``, ``~/.config/gh`` (top-level
@@ -34,10 +40,11 @@ import yaml
 
 from tokn_router import redact
 from tokn_router.accounts import config
-from tokn_router.accounts.config import Account, ConfigFile
-from tokn_router.accounts.providers import PROVIDERS
+from tokn_router.accounts.config import ConfigFile
+from tokn_router.accounts.providers import PROVIDERS, github_client
 from tokn_router.accounts.providers import github as gh
 from tokn_router.accounts.providers.base import Credential
+from tokn_router.accounts.schema import Account, Config, GithubConfig
 from tokn_router.errors import AccountError, AuthError, ConfigError, UpstreamError, UsageError
 
 Source = Literal["gh", "copilot-plugin", "env"]
@@ -412,17 +419,15 @@ async def verify_copilot(
 ) -> Credential:
     """Exchange a GitHub token once to prove Copilot access."""
     try:
-        return await gh.exchange_copilot_token(client, token, refresh_url)
+        return await github_client.exchange_copilot_token(client, token, refresh_url)
     except UpstreamError as e:
         raise type(e)(redact.text(f"{source}: {e}", [token]), status=e.status, body="") from None
 
 
-async def github_login(
-    client: httpx.AsyncClient, cfg: config.GithubConfig, token: str
-) -> str | None:
+async def github_login(client: httpx.AsyncClient, cfg: GithubConfig, token: str) -> str | None:
     """The GitHub login of a token (``GET {api_url}/user``), or None."""
     try:
-        user = await gh.get_user(client, cfg, token)
+        user = await github_client.get_user(client, cfg, token)
     except (UpstreamError, httpx.HTTPError):
         return None
     login = user.get("login")
@@ -459,7 +464,7 @@ async def verify_zai(client: httpx.AsyncClient, key: str, base_url: str) -> int:
 # ------------------------------------------------------------------------ storing
 
 
-def check_id_free(cfg: config.Config, account_id: str) -> None:
+def check_id_free(cfg: Config, account_id: str) -> None:
     if cfg.account(account_id) is not None:
         raise AccountError(
             f"an account with id '{account_id}' already exists; pick another with --id, "
@@ -516,7 +521,7 @@ def store_account(cfg_file: ConfigFile, account: Account) -> None:
 async def add_copilot_account(
     client: httpx.AsyncClient,
     cfg_file: ConfigFile,
-    github_cfg: config.GithubConfig,
+    github_cfg: GithubConfig,
     token: str,
     source: str,
     *,
