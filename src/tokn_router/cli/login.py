@@ -19,7 +19,7 @@ from tokn_router.errors import UsageError
 # trio, httpx and the importers are imported inside the commands: `--help` and the
 # other commands start faster without them.
 if TYPE_CHECKING:
-    from tokn_router.accounts.importers import FoundToken
+    from tokn_router.accounts.token_sources import FoundToken
 
 COPILOT = "github-copilot"
 
@@ -253,10 +253,10 @@ def import_(
     """
     import trio
 
-    from tokn_router.accounts import importers
+    from tokn_router.accounts import token_sources
 
     cfg_file, cfg = _setup(provider, account_id)
-    found = importers.find_token(
+    found = token_sources.find_token(
         from_, provider, github_url=gh.github_url(cfg.github), env_var=env_var
     )
     _out(f"Found {redact.secret(found.token)} in {found.source}; verifying…")
