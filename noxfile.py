@@ -54,7 +54,8 @@ def agents(session: nox.Session) -> None:
     """
     from pathlib import Path
 
-    # The versions the wire reference (agents-wire.md) was captured with.
+    # The versions whose requests the fake upstream and the translators were checked
+    # against; a newer agent may send fields they do not know yet.
     pinned = {"@openai/codex": "0.169.0", "@anthropic-ai/claude-code": "2.1.197"}
     session.install("-e", ".[test]")
     tmp = Path(session.create_tmp()).resolve()

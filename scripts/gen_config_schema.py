@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from tokn_router.accounts import config  # noqa: E402
+from tokn_router.accounts import schema  # noqa: E402
 
 
 def snapshot_path() -> Path:
@@ -25,7 +25,7 @@ def snapshot_path() -> Path:
 
 
 def render() -> str:
-    return json.dumps(config.json_schema(), indent=2, sort_keys=True) + "\n"
+    return json.dumps(schema.json_schema(), indent=2, sort_keys=True) + "\n"
 
 
 def main() -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tokn_router.accounts import config, config_ops, identity
+from tokn_router.accounts import config, config_ops, identity, schema
 from tokn_router.accounts.config import ConfigFile
 from tokn_router.errors import AccountError, ConfigError, UsageError
 
@@ -110,7 +110,7 @@ def test_resolve_path_precedence(
 
 def test_json_schema_snapshot_matches_code() -> None:
     snapshot = ROOT / "schemas" / "config" / "v0.2.0.json"
-    expected = json.dumps(config.json_schema(), indent=2, sort_keys=True) + "\n"
+    expected = json.dumps(schema.json_schema(), indent=2, sort_keys=True) + "\n"
     assert snapshot.read_text(encoding="utf-8") == expected, (
         "config schema drifted from schemas/config/v0.2.0.json; "
         "run `python scripts/gen_config_schema.py` and commit the result"

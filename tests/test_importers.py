@@ -12,8 +12,8 @@ import pytest
 import trio
 
 from tests.fakes import FakeUpstream
-from tokn_router.accounts import importers
-from tokn_router.accounts.importers import NoTokenError, TokenSourceError
+from tokn_router.accounts import importers, token_sources
+from tokn_router.accounts.token_sources import NoTokenError, TokenSourceError
 from tokn_router.errors import AuthError, UpstreamError, UsageError
 
 HOSTS = ["github.com"]
@@ -30,15 +30,15 @@ def write(path: Path, text: str) -> Path:
 
 def test_gh_dirs_order(tmp_path: Path) -> None:
     env = {"HOME": str(tmp_path), "GH_CONFIG_DIR": "/a", "XDG_CONFIG_HOME": "/x"}
-    assert importers.gh_config_dirs(env) == [Path("/a"), Path("/x/gh"), tmp_path / ".config/gh"]
-    assert importers.gh_config_dirs({"HOME": str(tmp_path)}) == [tmp_path / ".config/gh"]
+    assert token_sources.gh_config_dirs(env) == [Path("/a"), Path("/x/gh"), tmp_path / ".config/gh"]
+    assert token_sources.gh_config_dirs({"HOME": str(tmp_path)}) == [tmp_path / ".config/gh"]
 
 
 def test_gh_env_order(tmp_path: Path) -> None:
     env = {"HOME": str(tmp_path), "PATH": "", "GITHUB_TOKEN": "gho_b", "GH_TOKEN": "gho_a"}
-    assert importers.find_gh_token(HOSTS, env).token == "gho_a"
+    assert token_sources.find_gh_token(HOSTS, env).token == "gho_a"
     del env["GH_TOKEN"]
-    assert importers.find_gh_token(HOSTS, env).source == "$GITHUB_TOKEN"
+    assert token_sources.find_gh_token(HOSTS, env).source == "$GITHUB_TOKEN"
 
 
 def test_gh_hosts_prefers_active_user(tmp_path: Path) -> None:
@@ -46,7 +46,7 @@ def test_gh_hosts_prefers_active_user(tmp_path: Path) -> None:
         tmp_path / "hosts.yml",
         "github.com:\n  user: b\n  users:\n    a:\n      oauth_token: gho_a\n    b:\n      oauth_token: gho_b\n",
     )
-    found = importers.read_gh_hosts(p, HOSTS)
+    found = token_sources.read_gh_hosts(p, HOSTS)
     assert found is not None and (found.token, found.user) == ("gho_b", "b")
 
 
@@ -55,10 +55,10 @@ def test_gh_hosts_enterprise_host_first(tmp_path: Path) -> None:
         tmp_path / "hosts.yml",
         "github.com:\n  oauth_token: gho_dotcom\nghe.corp:\n  oauth_token: gho_ghe\n",
     )
-    hosts = importers.github_hosts("https://ghe.corp")
+    hosts = token_sources.github_hosts("https://ghe.corp")
     assert hosts == ["ghe.corp", "github.com"]
-    assert importers.read_gh_hosts(p, hosts).token == "gho_ghe"  # type: ignore[union-attr]
-    assert importers.github_hosts("http://127.0.0.1:1234") == ["github.com"]
+    assert token_sources.read_gh_hosts(p, hosts).token == "gho_ghe"  # type: ignore[union-attr]
+    assert token_sources.github_hosts("http://127.0.0.1:1234") == ["github.com"]
 
 
 @pytest.mark.parametrize(
@@ -70,7 +70,7 @@ def test_gh_hosts_enterprise_host_first(tmp_path: Path) -> None:
     ],
 )
 def test_gh_hosts_without_token(tmp_path: Path, text: str, expected: None) -> None:
-    assert importers.read_gh_hosts(write(tmp_path / "hosts.yml", text), HOSTS) is expected
+    assert token_sources.read_gh_hosts(write(tmp_path / "hosts.yml", text), HOSTS) is expected
 
 
 @pytest.mark.parametrize(
@@ -89,7 +89,7 @@ def test_gh_hosts_without_token(tmp_path: Path, text: str, expected: None) -> No
 def test_gh_hosts_bad_shapes(tmp_path: Path, text: str, message: str) -> None:
     p = write(tmp_path / "hosts.yml", text)
     with pytest.raises(TokenSourceError) as ei:
-        importers.read_gh_hosts(p, HOSTS)
+        token_sources.read_gh_hosts(p, HOSTS)
     assert message in str(ei.value) and str(p) in str(ei.value)
 
 
@@ -99,10 +99,10 @@ def test_gh_auth_token_failure_and_garbage(tmp_path: Path) -> None:
     gh.chmod(0o755)
     env = {"HOME": str(tmp_path), "PATH": str(bindir)}
     with pytest.raises(NoTokenError, match="`gh auth token` gave none"):
-        importers.find_gh_token(HOSTS, env)
+        token_sources.find_gh_token(HOSTS, env)
     write(bindir / "gh", "#!/bin/sh\necho one\necho two\n")
     with pytest.raises(TokenSourceError, match="more than one line"):
-        importers.find_gh_token(HOSTS, env)
+        token_sources.find_gh_token(HOSTS, env)
 
 
 # ------------------------------------------------------------------ copilot plugin
@@ -122,7 +122,7 @@ def test_gh_auth_token_failure_and_garbage(tmp_path: Path) -> None:
     ],
 )
 def test_plugin_json(tmp_path: Path, name: str, data: Any, expected: str | None) -> None:
-    found = importers.read_plugin_json(write(tmp_path / name, json.dumps(data)), HOSTS)
+    found = token_sources.read_plugin_json(write(tmp_path / name, json.dumps(data)), HOSTS)
     assert (found.token if found else None) == expected
 
 
@@ -137,7 +137,7 @@ def test_plugin_json(tmp_path: Path, name: str, data: Any, expected: str | None)
 )
 def test_plugin_json_bad_shapes(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(TokenSourceError) as ei:
-        importers.read_plugin_json(write(tmp_path / "apps.json", text), HOSTS)
+        token_sources.read_plugin_json(write(tmp_path / "apps.json", text), HOSTS)
     assert message in str(ei.value)
 
 
@@ -154,7 +154,7 @@ def _db(path: Path, rows: list[tuple[str, Any]]) -> Path:
     [("ghu_plain", "ghu_plain"), (b"ghu_bytes", "ghu_bytes"), (" ghu_padded\n", "ghu_padded")],
 )
 def test_auth_db_plaintext(tmp_path: Path, value: Any, expected: str) -> None:
-    found = importers.read_auth_db(_db(tmp_path / "auth.db", [("github.com", value)]), HOSTS)
+    found = token_sources.read_auth_db(_db(tmp_path / "auth.db", [("github.com", value)]), HOSTS)
     assert found is not None and found.token == expected
 
 
@@ -162,20 +162,20 @@ def test_auth_db_plaintext(tmp_path: Path, value: Any, expected: str) -> None:
 def test_auth_db_encrypted(tmp_path: Path, value: Any) -> None:
     p = _db(tmp_path / "auth.db", [("github.com", value)])
     with pytest.raises(TokenSourceError, match="is encrypted"):
-        importers.read_auth_db(p, HOSTS)
+        token_sources.read_auth_db(p, HOSTS)
 
 
 def test_auth_db_other_authority_and_bad_files(tmp_path: Path) -> None:
-    assert importers.read_auth_db(_db(tmp_path / "a.db", [("ghe.x", "ghu_x")]), HOSTS) is None
-    assert importers.read_auth_db(tmp_path / "missing.db", HOSTS) is None
+    assert token_sources.read_auth_db(_db(tmp_path / "a.db", [("ghe.x", "ghu_x")]), HOSTS) is None
+    assert token_sources.read_auth_db(tmp_path / "missing.db", HOSTS) is None
     with sqlite3.connect(tmp_path / "b.db") as db:
         db.execute("CREATE TABLE oauth_tokens (x TEXT)")
     db.close()
     with pytest.raises(TokenSourceError, match="no such column"):
-        importers.read_auth_db(tmp_path / "b.db", HOSTS)
+        token_sources.read_auth_db(tmp_path / "b.db", HOSTS)
     write(tmp_path / "c.db", "garbage " * 200)
     with pytest.raises(TokenSourceError, match="not a readable SQLite database"):
-        importers.read_auth_db(tmp_path / "c.db", HOSTS)
+        token_sources.read_auth_db(tmp_path / "c.db", HOSTS)
 
 
 def test_plugin_order(tmp_path: Path) -> None:
@@ -183,14 +183,14 @@ def test_plugin_order(tmp_path: Path) -> None:
     d.mkdir(parents=True)
     _db(d / "auth.db", [("github.com", "ghu_db")])
     env = {"HOME": str(tmp_path)}
-    assert importers.find_copilot_plugin_token(HOSTS, env).token == "ghu_db"
+    assert token_sources.find_copilot_plugin_token(HOSTS, env).token == "ghu_db"
     write(d / "hosts.json", json.dumps({"github.com": {"oauth_token": "ghu_hosts"}}))
-    assert importers.find_copilot_plugin_token(HOSTS, env).token == "ghu_hosts"
+    assert token_sources.find_copilot_plugin_token(HOSTS, env).token == "ghu_hosts"
     write(
         d / "apps.json",
         json.dumps({"github.com:Iv1.b507a08c87ecfe98": {"oauth_token": "ghu_apps"}}),
     )
-    assert importers.find_copilot_plugin_token(HOSTS, env).token == "ghu_apps"
+    assert token_sources.find_copilot_plugin_token(HOSTS, env).token == "ghu_apps"
 
 
 # --------------------------------------------------------------------------- env
@@ -211,16 +211,16 @@ def test_plugin_order(tmp_path: Path) -> None:
 )
 def test_env(provider: str, var: str | None, env: dict[str, str], result: str) -> None:
     try:
-        assert importers.find_env_token(provider, var, env).token == result
+        assert token_sources.find_env_token(provider, var, env).token == result
     except (NoTokenError, TokenSourceError) as e:
         assert result in str(e)
 
 
 def test_find_token_usage_errors() -> None:
     with pytest.raises(UsageError, match="--from env"):
-        importers.find_token("copilot-plugin", "zai", github_url="https://github.com", env={})
+        token_sources.find_token("copilot-plugin", "zai", github_url="https://github.com", env={})
     with pytest.raises(UsageError, match="--env-var only applies"):
-        importers.find_token(
+        token_sources.find_token(
             "gh", "github-copilot", github_url="https://github.com", env_var="X", env={}
         )
 

@@ -23,7 +23,8 @@ from quart_trio import QuartTrio
 
 from tests.fakes import FakeUpstream
 from tokn_router.accounts.config import Config
-from tokn_router.accounts.pool import Pool, Refresher
+from tokn_router.accounts.pool import Pool
+from tokn_router.accounts.refresher import Refresher
 from tokn_router.edges.api import Services, create_app
 from tokn_router.edges.lan import LanInfo, parse_host_header
 from tokn_router.edges.proxy.ca import CertStore

@@ -7,7 +7,6 @@ from typing import Any
 import pytest
 
 from tokn_router.accounts import identity
-from tokn_router.accounts.config import Account, AccountSettings
 from tokn_router.accounts.providers import PROVIDERS, RequestInfo
 from tokn_router.accounts.providers.base import Credential
 from tokn_router.accounts.providers.copilot import (
@@ -17,6 +16,7 @@ from tokn_router.accounts.providers.copilot import (
     identity_headers,
 )
 from tokn_router.accounts.providers.zai import inject_thinking, is_reasoning_model
+from tokn_router.accounts.schema import Account, AccountSettings
 from tokn_router.wire.initiator import (
     classify_chat,
     classify_messages,

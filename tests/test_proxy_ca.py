@@ -18,9 +18,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
-from tokn_router.edges.proxy import ca as ca_mod
-from tokn_router.edges.proxy.ca import CAError, CertStore, normalize_host
+from tokn_router.edges.proxy import certs
+from tokn_router.edges.proxy.ca import CAError, CertStore
 from tokn_router.errors import ToknError
+from tokn_router.wire.hosts import normalize_host
 
 
 @pytest.fixture
@@ -33,7 +34,7 @@ def _mode(p: Path) -> int:
 
 
 def _pems(path: Path) -> list[bytes]:
-    return ca_mod._PEM_CERT_RE.findall(path.read_bytes())
+    return certs.PEM_CERT_RE.findall(path.read_bytes())
 
 
 def _verifier(store: CertStore, name: x509.GeneralName) -> object:
@@ -84,7 +85,7 @@ def test_bundle_is_system_roots_plus_ca(store: CertStore) -> None:
     ours = _pems(store.cert_path)[0]
     assert bundle[-1] == ours
     assert bundle.count(ours) == 1
-    system = ca_mod.system_root_pems()
+    system = certs.system_root_pems()
     if system:  # this machine has a roots file: every root is in the bundle
         assert len(bundle) == len(system) + 1
 

@@ -20,10 +20,10 @@ from anthropic.types import RawMessageStreamEvent
 from openai.types.responses import ResponseStreamEvent
 from pydantic import TypeAdapter
 
+from tokn_router.wire.sse import ChunkReader
 from tokn_router.wire.translate._chat import ChatStreamTranslator
 from tokn_router.wire.translate.anthropic import ChatToMessagesStream
 from tokn_router.wire.translate.responses import ChatToResponsesStream, responses_to_chat
-from tokn_router.wire.translate.sse import ChunkReader
 
 # ---------------------------------------------------------------------------
 # upstream chunks

@@ -35,8 +35,9 @@ import trio
 
 from tokn_router.accounts import config as config_mod
 from tokn_router.accounts.config import Config, ConfigFile, ProxyModeConfig
-from tokn_router.accounts.pool import AccountState, Pool, Refresher
+from tokn_router.accounts.pool import AccountState, Pool
 from tokn_router.accounts.providers.base import Credential
+from tokn_router.accounts.refresher import Refresher
 from tokn_router.edges.api import Services, create_app
 from tokn_router.errors import ToknError, UsageError
 from tokn_router.net.client import ProxySetting, make_client

@@ -1,7 +1,9 @@
-"""The config file: schema, path resolution, validation and safe writes.
+"""The config file: path resolution, parsing with one-line errors, safe writes.
 
-The schema is defined once, as msgspec Structs, and is the single source for
-validation, defaults, ``config get/set`` key paths and the JSON Schema snapshot.
+The schema (msgspec Structs, defaults, key-path types) is
+:mod:`tokn_router.accounts.schema`; its types are re-exported here so code above
+``accounts/`` reads the config through one module. Parsing adds what the schema
+cannot say: account ids are unique and name a registered provider.
 
 Writes go through :meth:`ConfigFile.update`: under an exclusive lock file the
 current file is re-read, edited with tomlkit (so comments and layout survive),
@@ -19,125 +21,28 @@ import re
 import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+from typing import Any, TypeVar
 
 import msgspec
 import tomlkit
 
 from tokn_router._fs import atomic_write
+from tokn_router.accounts.providers import PROVIDERS
+from tokn_router.accounts.schema import (
+    Account,
+    AccountSettings,
+    Config,
+    GithubConfig,
+    InitiatorMode,
+    OutboundProxyConfig,
+    PoolConfig,
+    ProxyModeConfig,
+    RouteMode,
+    ServerConfig,
+    UpstreamConfig,
+    UsageConfig,
+)
 from tokn_router.errors import ConfigError
-
-RouteMode = Literal["route", "passthrough", "switch"]
-InitiatorMode = Literal["auto", "user", "agent", "always_user", "always_agent"]
-
-
-class _Base(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
-    pass
-
-
-class ServerConfig(_Base):
-    host: str = "127.0.0.1"
-    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 4141
-    route_mode: RouteMode = "route"
-    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 32 * 1024 * 1024
-    shutdown_grace_secs: Annotated[float, msgspec.Meta(ge=0)] = 10.0
-    # SSE comment sent while upstream is silent, so a client that went away is noticed
-    sse_keepalive_secs: Annotated[float, msgspec.Meta(gt=0)] = 15.0
-
-
-class PoolConfig(_Base):
-    strategy: Literal["round_robin"] = "round_robin"
-    failure_cooldown_secs: Annotated[int, msgspec.Meta(ge=0)] = 60
-
-
-class UsageConfig(_Base):
-    enabled: bool = True
-    path: str | None = None
-
-
-class OutboundProxyConfig(_Base):
-    """``[proxy]``: the outbound proxy used for every upstream call."""
-
-    url: str | None = None
-    system: bool = False
-    no_proxy: list[str] = msgspec.field(default_factory=list)
-
-
-class ProxyModeConfig(_Base):
-    """``[proxy_mode]``: the MITM forward proxy listener."""
-
-    host: str = "127.0.0.1"
-    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 4142
-    route_mode: RouteMode = "route"
-    ca_dir: str | None = None
-    intercept_hosts: list[str] = msgspec.field(default_factory=list)
-    passthrough_hosts: list[str] = msgspec.field(default_factory=list)
-    provider_modes: dict[str, RouteMode] = msgspec.field(default_factory=dict)
-
-
-class UpstreamConfig(_Base):
-    """Timeouts of upstream calls; the read timeout applies between chunks."""
-
-    connect_timeout_secs: Annotated[float, msgspec.Meta(gt=0)] = 15.0
-    read_timeout_secs: Annotated[float, msgspec.Meta(gt=0)] = 300.0
-
-
-class GithubConfig(_Base):
-    url: str | None = None
-    api_url: str | None = None
-
-
-class AccountSettings(_Base):
-    """Identity headers sent upstream; unset values track the current defaults."""
-
-    editor_version: str | None = None
-    editor_plugin_version: str | None = None
-    user_agent: str | None = None
-    copilot_integration_id: str | None = None
-    openai_intent: str | None = None
-    github_api_version: str | None = None
-    initiator_mode: InitiatorMode = "auto"
-
-
-class Account(_Base):
-    id: Annotated[str, msgspec.Meta(min_length=1, pattern=r"^[A-Za-z0-9._@-]+$")]
-    provider: str = "github-copilot"
-    auth_type: Literal["bearer"] = "bearer"
-    enabled: bool = True
-    refresh_token: str | None = None
-    access_token: str | None = None
-    access_token_expires_at: int | None = None
-    refresh_url: str | None = None
-    api_key: str | None = None
-    base_url: str | None = None
-    settings: AccountSettings = msgspec.field(default_factory=AccountSettings)
-
-
-class Config(_Base):
-    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
-    pool: PoolConfig = msgspec.field(default_factory=PoolConfig)
-    usage: UsageConfig = msgspec.field(default_factory=UsageConfig)
-    proxy: OutboundProxyConfig = msgspec.field(default_factory=OutboundProxyConfig)
-    proxy_mode: ProxyModeConfig = msgspec.field(default_factory=ProxyModeConfig)
-    upstream: UpstreamConfig = msgspec.field(default_factory=UpstreamConfig)
-    github: GithubConfig = msgspec.field(default_factory=GithubConfig)
-    model_aliases: dict[str, str] = msgspec.field(default_factory=dict)
-    accounts: list[Account] = msgspec.field(default_factory=list)
-
-    def account(self, account_id: str) -> Account | None:
-        return next((a for a in self.accounts if a.id == account_id), None)
-
-
-SECRET_FIELDS = frozenset({"refresh_token", "access_token", "api_key"})
-
-
-def json_schema() -> dict[str, Any]:
-    """The JSON Schema of the config, as snapshotted in ``schemas/config/``."""
-    schema = msgspec.json.schema(Config)
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "tokn-router config"
-    return schema
-
 
 # --------------------------------------------------------------------------- paths
 
@@ -269,8 +174,6 @@ def _validation_error(path: Path, text: str, err: msgspec.ValidationError) -> Co
 
 
 def _check_semantics(path: Path, text: str, cfg: Config) -> None:
-    from tokn_router.accounts.providers import PROVIDERS
-
     seen: set[str] = set()
     for i, acc in enumerate(cfg.accounts):
         if acc.id in seen:
@@ -327,7 +230,9 @@ def load(path: Path) -> Config:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``<config>.lock``: a sibling file, because the
+    config itself is replaced by rename and a lock on it would not carry over."""
     lock_path = path.with_name(path.name + ".lock")
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -340,7 +245,8 @@ def _locked(path: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the flock
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` (temp file, fsync, rename; mode 0600)."""
     atomic_write(path, text.encode("utf-8"), 0o600)
 
 
@@ -364,7 +270,7 @@ class ConfigFile:
         result) leaves the file exactly as it was.
         """
         ensure_state_dir(self.path.parent)
-        with _locked(self.path):
+        with locked(self.path):
             try:
                 text = self.path.read_text(encoding="utf-8")
             except FileNotFoundError:
@@ -377,7 +283,7 @@ class ConfigFile:
             new_text = tomlkit.dumps(doc)
             cfg = parse(new_text, self.path)
             try:
-                _atomic_write(self.path, new_text)
+                write_atomic(self.path, new_text)
             except OSError as e:
                 raise ConfigError(f"{self.path}: cannot write: {e.strerror}") from None
             return cfg, result
@@ -439,89 +345,6 @@ def set_account_fields(doc: tomlkit.TOMLDocument, account_id: str, **fields: Any
             table[k] = v
 
 
-# --------------------------------------------------------------------- key paths
-
-
-def _unwrap(tp: Any) -> Any:
-    if get_origin(tp) is Annotated:
-        return get_args(tp)[0]
-    return tp
-
-
-def field_type(root: type, dotted: str) -> Any:
-    """The annotated type at a dotted key path of a Struct, or ConfigError."""
-    tp: Any = root
-    walked: list[str] = []
-    for part in dotted.split("."):
-        tp = _unwrap(tp)
-        walked.append(part)
-        if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
-            hints = get_type_hints(tp, include_extras=True)
-            if part not in hints:
-                raise ConfigError(f"unknown config key '{'.'.join(walked)}'")
-            tp = hints[part]
-        elif get_origin(tp) is dict:
-            tp = get_args(tp)[1]
-        else:
-            raise ConfigError(f"unknown config key '{'.'.join(walked)}'")
-    return tp
-
-
-def parse_value(raw: str, tp: Any) -> Any:
-    """Turn a command-line string into a value for a field of type ``tp``.
-
-    Strings are taken as they are (no quotes needed for ``10.0.0.1``); other
-    types are read as TOML literals (``8080``, ``true``, ``["a", "b"]``). The
-    result is type-checked by the whole-config validation that follows.
-    """
-    base = _unwrap(tp)
-    origin = get_origin(base)
-    args = {_unwrap(a) for a in get_args(base)} if origin not in (None, Literal) else {base}
-    takes_str = origin is Literal or str in args
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        if takes_str:
-            return raw
-        raise ConfigError(f"'{raw}' is not a valid value (expected {type_name(tp)})") from None
-    if takes_str and not isinstance(value, str):
-        return raw
-    return value
-
-
-def type_name(tp: Any) -> str:
-    base = _unwrap(tp)
-    origin = get_origin(base)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in get_args(base))
-    if origin is list:
-        return f"list of {type_name(get_args(base)[0])}"
-    if origin is dict:
-        return "table"
-    if origin is not None:
-        return " or ".join(type_name(a) for a in get_args(base) if a is not type(None))
-    return {str: "string", int: "integer", bool: "boolean", float: "number"}.get(
-        base, getattr(base, "__name__", str(base))
-    )
-
-
-def to_toml_literal(value: Any) -> str:
-    """Render a value as a TOML literal (strings are printed bare by callers)."""
-    if isinstance(value, msgspec.Struct):
-        value = msgspec.to_builtins(value)
-    if isinstance(value, dict):
-        t = tomlkit.inline_table()
-        t.update(value)
-        return t.as_string()
-    return tomlkit.item(value).as_string()
-
-
-def get_key(obj: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        obj = obj.get(part) if isinstance(obj, dict) else getattr(obj, part)
-    return obj
-
-
 def _container(doc: Any, parts: list[str], create: bool) -> Any:
     node = doc
     for part in parts:
@@ -559,16 +382,13 @@ def doc_unset(doc: Any, dotted: str) -> bool:
     return True
 
 
-def is_secret_key(dotted: str) -> bool:
-    return dotted.split(".")[-1] in SECRET_FIELDS
-
-
 __all__ = [
     "Account",
     "AccountSettings",
     "Config",
     "ConfigFile",
     "GithubConfig",
+    "InitiatorMode",
     "OutboundProxyConfig",
     "PoolConfig",
     "ProxyModeConfig",

@@ -1,6 +1,6 @@
 """``config get|set|unset|list|edit``: key paths over the schema, effective values.
 
-Keys are dotted paths of the :class:`~tokn_router.accounts.config.Config` Structs
+Keys are dotted paths of the :class:`~tokn_router.accounts.schema.Config` Structs
 (``server.port``); with an account id they address that ``[[accounts]]``
 entry (``settings.editor_version``). Values are type-checked against the
 schema before the whole-config validation of :meth:`ConfigFile.update`.
@@ -16,15 +16,17 @@ import subprocess
 import tempfile
 import tomllib
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 import msgspec
 import tomlkit
 
 from tokn_router import redact
-from tokn_router.accounts import config, identity
-from tokn_router.accounts.config import Account, Config, ConfigFile
+from tokn_router.accounts import config, identity, schema
+from tokn_router.accounts.config import ConfigFile
 from tokn_router.accounts.providers import PROVIDERS
+from tokn_router.accounts.providers import github as gh
+from tokn_router.accounts.schema import Account, Config
 from tokn_router.errors import AccountError, ConfigError, ToknError, UsageError
 
 _COPILOT_SETTING_DEFAULTS = {
@@ -35,11 +37,6 @@ _COPILOT_SETTING_DEFAULTS = {
     "openai_intent": identity.OPENAI_INTENT,
     "github_api_version": identity.GITHUB_API_VERSION,
 }
-
-
-def _is_struct(tp: Any) -> bool:
-    base = config._unwrap(tp)
-    return isinstance(base, type) and issubclass(base, msgspec.Struct)
 
 
 def key_type(key: str, account: str | None) -> Any:
@@ -54,10 +51,10 @@ def key_type(key: str, account: str | None) -> Any:
         )
     if account is not None:
         try:
-            return config.field_type(Account, key)
+            return schema.field_type(Account, key)
         except ConfigError:
             raise ConfigError(f"unknown account key '{key}'") from None
-    return config.field_type(Config, key)
+    return schema.field_type(Config, key)
 
 
 # ----------------------------------------------------------------- effective values
@@ -79,11 +76,7 @@ def _builtins(obj: Any) -> Any:
     return obj
 
 
-def effective_account(acc: Account, github: config.GithubConfig) -> dict[str, Any]:
-    from tokn_router.accounts.providers import (
-        github as gh,  # imported lazily: it pulls in httpx and trio
-    )
-
+def effective_account(acc: Account, github: schema.GithubConfig) -> dict[str, Any]:
     data = _builtins(acc)
     provider = PROVIDERS.get(acc.provider)
     if acc.provider == "github-copilot":
@@ -98,8 +91,6 @@ def effective_account(acc: Account, github: config.GithubConfig) -> dict[str, An
 
 def effective(cfg: Config, path: Path) -> dict[str, Any]:
     """The whole config with defaults filled in (secrets still present)."""
-    from tokn_router.accounts.providers import github as gh
-
     data: dict[str, Any] = _builtins(cfg)
     data["usage"].setdefault("path", str(config.usage_db_path(cfg, path)))
     data["proxy_mode"].setdefault("ca_dir", str(config.ca_dir(cfg, path)))
@@ -148,7 +139,7 @@ def render(value: Any, key: str) -> str:
         return tomlkit.dumps(value).rstrip("\n")
     if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
         return tomlkit.dumps({last: redact.data(value)}).rstrip("\n")
-    return config.to_toml_literal(value)
+    return to_toml_literal(value)
 
 
 def render_list(cfg: Config, path: Path) -> str:
@@ -157,7 +148,42 @@ def render_list(cfg: Config, path: Path) -> str:
     return f"# effective config of {path} (defaults filled in, secrets redacted)\n{body}"
 
 
+def to_toml_literal(value: Any) -> str:
+    """Render a value as a TOML literal (strings are printed bare by callers)."""
+    if isinstance(value, msgspec.Struct):
+        value = msgspec.to_builtins(value)
+    if isinstance(value, dict):
+        t = tomlkit.inline_table()
+        t.update(value)
+        return t.as_string()
+    return tomlkit.item(value).as_string()
+
+
 # ---------------------------------------------------------------------- set / unset
+
+
+def parse_value(raw: str, tp: Any) -> Any:
+    """Turn a command-line string into a value for a field of type ``tp``.
+
+    Strings are taken as they are (no quotes needed for ``10.0.0.1``); other
+    types are read as TOML literals (``8080``, ``true``, ``["a", "b"]``). The
+    result is type-checked by the whole-config validation that follows.
+    """
+    base = schema.unwrap(tp)
+    origin = get_origin(base)
+    args = {schema.unwrap(a) for a in get_args(base)} if origin not in (None, Literal) else {base}
+    takes_str = origin is Literal or str in args
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        if takes_str:
+            return raw
+        raise ConfigError(
+            f"'{raw}' is not a valid value (expected {schema.type_name(tp)})"
+        ) from None
+    if takes_str and not isinstance(value, str):
+        return raw
+    return value
 
 
 def _convert(key: str, raw: str, value: Any, tp: Any) -> Any:
@@ -167,13 +193,13 @@ def _convert(key: str, raw: str, value: Any, tp: Any) -> Any:
         msg = str(e).split(" - at `", 1)[0]
         shown = redact.secret(raw) if key.split(".")[-1] in redact.SECRET_KEYS else raw
         raise ConfigError(
-            f"invalid value {shown!r} for '{key}' (expected {config.type_name(tp)}): {msg}"
+            f"invalid value {shown!r} for '{key}' (expected {schema.type_name(tp)}): {msg}"
         ) from None
 
 
 def _parse(key: str, raw: str, tp: Any) -> Any:
     """A command-line string as a checked value of ``tp`` (TOML literal syntax for non-strings)."""
-    base = config._unwrap(tp)
+    base = schema.unwrap(tp)
     origin = get_origin(base)
     if origin in (list, dict):
         try:
@@ -189,11 +215,11 @@ def _parse(key: str, raw: str, tp: Any) -> Any:
             )
     else:
         try:
-            value = config.parse_value(raw, tp)
+            value = parse_value(raw, tp)
         except ConfigError:
             shown = redact.secret(raw) if key.split(".")[-1] in redact.SECRET_KEYS else raw
             raise ConfigError(
-                f"invalid value {shown!r} for '{key}' (expected {config.type_name(tp)})"
+                f"invalid value {shown!r} for '{key}' (expected {schema.type_name(tp)})"
             ) from None
     _convert(key, raw, value, tp)
     return value
@@ -201,7 +227,7 @@ def _parse(key: str, raw: str, tp: Any) -> Any:
 
 def _mutable_key(key: str, account: str | None) -> Any:
     tp = key_type(key, account)
-    if _is_struct(tp):
+    if schema.is_struct(tp):
         raise UsageError(f"'{key}' is a table; set one of its keys (e.g. '{key}.<name>')")
     return tp
 
@@ -212,9 +238,9 @@ def set_value(
     """``config set``: type-check, edit the document, validate, write atomically."""
     tp = _mutable_key(key, account)
     if add:
-        base = config._unwrap(tp)
+        base = schema.unwrap(tp)
         if get_origin(base) is not list:
-            raise UsageError(f"--add appends to lists, and '{key}' is {config.type_name(tp)}")
+            raise UsageError(f"--add appends to lists, and '{key}' is {schema.type_name(tp)}")
     value = _parse(key, raw, tp)
 
     def edit(doc: Any) -> None:
@@ -338,7 +364,7 @@ def edit_file(cfg_file: ConfigFile) -> str:
             raise ConfigError(
                 f"{e}; {path} left unchanged (your edit is kept in {tmp.name})"
             ) from None
-        with config._locked(path):
+        with config.locked(path):
             try:
                 now = path.read_bytes()
             except FileNotFoundError:
@@ -350,7 +376,7 @@ def edit_file(cfg_file: ConfigFile) -> str:
                     f"(your edit is kept in {tmp})"
                 )
             try:
-                config._atomic_write(path, text)
+                config.write_atomic(path, text)
             except OSError as e:
                 keep = True
                 raise ConfigError(

@@ -5,8 +5,9 @@ credential, cooldown and model list. The pool picks candidates round robin,
 applies pins (``provider/model``, ``X-Tokn-Account``), and records outcomes
 (cooldowns with ``Retry-After`` or exponential back-off capped at 16x).
 
-Credential refresh is single-flight per account: concurrent 401s trigger one
-refresh, the others wait for it and reuse the result.
+Credentials and model lists are kept fresh by
+:class:`~tokn_router.accounts.refresher.Refresher`, one task per account; this
+module holds only the state and the choices, and does no I/O.
 """
 
 from __future__ import annotations
@@ -19,19 +20,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx2 as httpx
-import msgspec
 import trio
 
 from tokn_router.accounts import providers
-from tokn_router.accounts.config import Account, Config, GithubConfig
 from tokn_router.accounts.providers.base import Credential, Provider
-from tokn_router.errors import AuthError, ToknError, UpstreamError
+from tokn_router.accounts.schema import Account, Config
 
 log = logging.getLogger("tokn_router.pool")
 
 MAX_BACKOFF_FACTOR = 16
-MODELS_TTL_SECS = 600.0
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -52,13 +49,6 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         return None
     now = time.time() if now is None else now
     return max(0.0, when.timestamp() - now)
-
-
-class _ModelList(msgspec.Struct):
-    data: list[dict[str, Any]] = msgspec.field(default_factory=list)
-
-
-_models_decoder = msgspec.json.Decoder(_ModelList)
 
 
 @dataclass(eq=False)
@@ -118,8 +108,9 @@ class AccountState:
     def set_credential(self, cred: Credential | None) -> None:
         """Install a credential and schedule its replacement.
 
-        Refresh at ``refresh_in`` when upstream said so, else five minutes
-        before expiry (protocol reference §2).
+        Refresh at ``refresh_in`` when upstream said so (GitHub suggests one
+        well before expiry), else five minutes before ``expires_at``, so a
+        request never goes out with a token that expires on the way.
         """
         self.credential = cred
         self.generation += 1
@@ -321,116 +312,3 @@ class Pool:
 
     def known_models(self) -> set[str]:
         return {e["id"] for _, e in self.model_entries()}
-
-
-# -------------------------------------------------------------------- refresh
-
-
-class Refresher:
-    """Mints short-lived credentials and reads model lists for accounts."""
-
-    def __init__(
-        self,
-        pool: Pool,
-        client: httpx.AsyncClient,
-        github: GithubConfig,
-        persist: Any,  # async callable(account_id, Credential) -> None
-    ) -> None:
-        self.pool = pool
-        self.client = client
-        self.github = github
-        self.persist = persist
-
-    async def refresh(self, st: AccountState, *, seen_generation: int | None = None) -> bool:
-        """Refresh one account's credential once, single-flight.
-
-        When ``seen_generation`` is given and another task already replaced
-        that credential, the refresh is skipped and the new one reused.
-        Returns True when a usable credential is in place.
-        """
-        if not st.provider.needs_refresh():
-            return st.token() is not None
-        async with st.refresh_lock:
-            if seen_generation is not None and st.generation != seen_generation:
-                return st.credential is not None
-            try:
-                cred = await st.provider.refresh(self.client, st.account, self.github)
-            except AuthError as e:
-                if e.status in (401, 404):
-                    if not st.disabled_reason:
-                        st.disabled_reason = str(e)
-                        log.error("account %s disabled: %s", st.id, e)
-                else:
-                    st.last_error = str(e)
-                    log.warning("account %s: token refresh failed: %s", st.id, e)
-                return False
-            except (UpstreamError, httpx.HTTPError) as e:
-                st.last_error = f"token refresh failed: {e}"
-                log.warning("account %s: token refresh failed: %s", st.id, e)
-                return False
-            st.set_credential(cred)
-            st.last_error = None
-            try:
-                await self.persist(st.id, cred)
-            except ToknError as e:
-                log.warning("account %s: could not persist the refreshed token: %s", st.id, e)
-            return True
-
-    async def fetch_models(self, st: AccountState) -> None:
-        token = st.token()
-        if not token:
-            return
-        url = st.base_url() + "/models"
-        try:
-            resp = await self.client.get(url, headers=st.provider.model_headers(st.account, token))
-        except httpx.HTTPError as e:
-            log.info("account %s: cannot list models (%s); using the static list", st.id, e)
-            return
-        if resp.status_code != 200:
-            log.info(
-                "account %s: /models answered %s; using the static list", st.id, resp.status_code
-            )
-            return
-        try:
-            data = _models_decoder.decode(resp.content).data
-        except msgspec.DecodeError:
-            return
-        st.models = {e["id"]: e for e in data if isinstance(e.get("id"), str)}
-        st.models_fetched_at = time.monotonic()
-
-    async def run_account(self, st: AccountState) -> None:
-        """One account's background task: keep the credential fresh, list models."""
-        backoff = 5.0
-        while not st.removed:
-            if st.disabled_reason or not st.account.enabled:
-                st.ready.set()
-                await self._wait(st, None)
-                continue
-            if st.needs_credential():
-                ok = await self.refresh(st)
-                if not ok:
-                    st.ready.set()
-                    if st.disabled_reason:
-                        continue
-                    await self._wait(st, backoff)
-                    backoff = min(backoff * 2, 300.0)
-                    continue
-                backoff = 5.0
-            if not st.models or time.monotonic() - st.models_fetched_at > MODELS_TTL_SECS:
-                await self.fetch_models(st)
-            st.ready.set()
-            await self._wait(st, self._next_wake(st))
-
-    def _next_wake(self, st: AccountState) -> float:
-        delay = MODELS_TTL_SECS
-        if st.provider.needs_refresh() and st.credential is not None:
-            delay = min(delay, max(0.5, st.refresh_at - time.time()))
-        return delay
-
-    async def _wait(self, st: AccountState, delay: float | None) -> None:
-        st.wake = trio.Event()
-        if delay is None:
-            await st.wake.wait()
-        else:
-            with trio.move_on_after(delay):
-                await st.wake.wait()

@@ -12,6 +12,7 @@ from tokn_router import redact
 from tokn_router.accounts import config
 from tokn_router.accounts.config import Account, Config
 from tokn_router.accounts.providers import PROVIDERS, Credential, RequestInfo
+from tokn_router.accounts.providers import github as gh
 from tokn_router.cli import _context, app
 from tokn_router.errors import AccountError, ToknError
 from tokn_router.wire.initiator import Initiator, normalize_initiator_mode
@@ -129,7 +130,7 @@ def _quota_lines(data: dict[str, Any]) -> list[str]:
 
 
 async def _fetch_quota(cfg: Config, acc: Account, no_proxy: bool) -> dict[str, Any]:
-    from tokn_router.accounts.providers import github as gh
+    from tokn_router.accounts.providers import github_client
     from tokn_router.cli import _net
     from tokn_router.net import client as upstream
 
@@ -137,11 +138,10 @@ async def _fetch_quota(cfg: Config, acc: Account, no_proxy: bool) -> dict[str, A
         raise AccountError("the account has no GitHub token (refresh_token)")
     async with upstream.client_for(cfg, no_proxy=no_proxy) as client:
         with _net.network_errors(f"GitHub at {gh.api_url(cfg.github)}"):
-            return await gh.get_copilot_user(client, cfg.github, acc.refresh_token)
+            return await github_client.get_copilot_user(client, cfg.github, acc.refresh_token)
 
 
 def show_lines(cfg: Config, acc: Account) -> list[str]:
-    from tokn_router.accounts.providers import github as gh
 
     provider = PROVIDERS.get(acc.provider)
     name = f" ({provider.display_name})" if provider else ""

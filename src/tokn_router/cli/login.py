@@ -12,13 +12,14 @@ from cyclopts import Parameter
 from tokn_router import redact
 from tokn_router.accounts.config import Account, Config, ConfigFile
 from tokn_router.accounts.providers import PROVIDERS
+from tokn_router.accounts.providers import github as gh
 from tokn_router.cli import _context, app
 from tokn_router.errors import UsageError
 
 # trio, httpx and the importers are imported inside the commands: `--help` and the
 # other commands start faster without them.
 if TYPE_CHECKING:
-    from tokn_router.accounts.importers import FoundToken
+    from tokn_router.accounts.token_sources import FoundToken
 
 COPILOT = "github-copilot"
 
@@ -95,21 +96,23 @@ async def _login_copilot(
     cfg_file: ConfigFile, cfg: Config, account_id: str | None, base_url: str | None, no_proxy: bool
 ) -> None:
     from tokn_router.accounts import importers
-    from tokn_router.accounts.providers import github as gh
+    from tokn_router.accounts.providers import github_client
     from tokn_router.cli import _net
     from tokn_router.net import client as upstream
 
     where = gh.github_url(cfg.github)
     async with upstream.client_for(cfg, no_proxy=no_proxy) as client:
         with _net.network_errors(f"GitHub at {where}"):
-            code = await gh.request_device_code(client, cfg.github)
+            code = await github_client.request_device_code(client, cfg.github)
         minutes = max(1, code.expires_in // 60)
         _out(f"Open {code.verification_uri} and enter the code: {code.user_code}")
         _out(f"Waiting for you to authorise this device (the code expires in {minutes} min)…")
         progress = _Progress()
         try:
             with _net.network_errors(f"GitHub at {where}"):
-                token = await gh.poll_access_token(client, cfg.github, code, on_wait=progress)
+                token = await github_client.poll_access_token(
+                    client, cfg.github, code, on_wait=progress
+                )
         finally:
             progress.done()
         _out("Authorised. Checking Copilot access…")
@@ -197,7 +200,6 @@ async def _import_copilot(
     no_proxy: bool,
 ) -> None:
     from tokn_router.accounts import importers
-    from tokn_router.accounts.providers import github as gh
     from tokn_router.cli import _net
     from tokn_router.net import client as upstream
 
@@ -251,11 +253,10 @@ def import_(
     """
     import trio
 
-    from tokn_router.accounts import importers
-    from tokn_router.accounts.providers import github as gh
+    from tokn_router.accounts import token_sources
 
     cfg_file, cfg = _setup(provider, account_id)
-    found = importers.find_token(
+    found = token_sources.find_token(
         from_, provider, github_url=gh.github_url(cfg.github), env_var=env_var
     )
     _out(f"Found {redact.secret(found.token)} in {found.source}; verifying…")

@@ -66,7 +66,7 @@ from tokn_router.serve.pump import relay_stream
 from tokn_router.serve.relay import ApiError, RequestLog, Route
 from tokn_router.wire.errors import upstream_error_text, wrap_upstream_error
 from tokn_router.wire.initiator import Initiator, has_image, resolve_initiator
-from tokn_router.wire.sse import EventScanner, Usage, completion_decoder
+from tokn_router.wire.sse import EventScanner, Usage, completion_decoder, sse_event
 from tokn_router.wire.translate import (
     ChatToMessagesStream,
     ChatToResponsesStream,
@@ -81,7 +81,6 @@ from tokn_router.wire.translate import (
     responses_to_chat,
 )
 from tokn_router.wire.translate.responses import response_object
-from tokn_router.wire.translate.sse import sse_event
 
 log = logging.getLogger("tokn_router.agents")
 

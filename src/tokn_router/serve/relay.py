@@ -26,7 +26,8 @@ import httpx2 as httpx
 import trio
 
 from tokn_router.accounts import providers
-from tokn_router.accounts.pool import AccountState, Pool, Refresher, parse_retry_after
+from tokn_router.accounts.pool import AccountState, Pool, parse_retry_after
+from tokn_router.accounts.refresher import Refresher
 from tokn_router.usage.record import Attempt, RequestRecord
 from tokn_router.wire.errors import upstream_error_text
 from tokn_router.wire.sse import Usage

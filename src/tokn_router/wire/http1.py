@@ -21,12 +21,12 @@ import base64
 import binascii
 import enum
 import http
-import ipaddress
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import h11
+
+from tokn_router.wire import hosts
 
 __all__ = [
     "NEED_DATA",
@@ -66,8 +66,6 @@ _HOP_BY_HOP = frozenset(
         "trailer",
     }
 )
-
-_REG_NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9_])?\.?$")
 
 
 class ProxyProtocolError(Exception):
@@ -141,37 +139,19 @@ class ProxyRequest:
 
 
 def parse_authority(authority: str, default_port: int | None = None) -> tuple[str, int]:
-    """``host:port`` / ``[v6]:port`` → (host, port); host lower-cased, brackets removed."""
-    if not authority or not authority.isascii():
-        raise ProxyProtocolError(f"invalid authority {authority!r}")
-    if authority.startswith("["):
-        host, sep, rest = authority[1:].partition("]")
-        if not sep:
-            raise ProxyProtocolError(f"unterminated IPv6 literal in {authority!r}")
-        try:
-            if ipaddress.ip_address(host).version != 6:
-                raise ValueError
-        except ValueError:
-            raise ProxyProtocolError(f"invalid IPv6 literal in {authority!r}") from None
-        host = ipaddress.ip_address(host).compressed
-        if rest and not rest.startswith(":"):
-            raise ProxyProtocolError(f"invalid authority {authority!r}")
-        port_s = rest[1:] if rest else None
-    else:
-        if authority.count(":") > 1:
-            raise ProxyProtocolError(f"IPv6 literal without brackets in {authority!r}")
-        host, sep, port_s_ = authority.partition(":")
-        port_s = port_s_ if sep else None
-        if not _REG_NAME_RE.match(host) or len(host) > 253:
-            raise ProxyProtocolError(f"invalid host in {authority!r}")
-        host = host.rstrip(".").lower()
-    if port_s is None:
-        if default_port is None:
-            raise ProxyProtocolError(f"missing port in {authority!r}")
-        return host, default_port
-    if not port_s.isdigit() or not 0 < int(port_s) < 65536:
-        raise ProxyProtocolError(f"invalid port in {authority!r}")
-    return host, int(port_s)
+    """``host:port`` / ``[v6]:port`` → (host, port) in canonical form (:mod:`.hosts`).
+
+    Without ``default_port`` the port is required (a CONNECT target). Labels may
+    exceed DNS's 63 characters: such a name fails later, at resolution or when
+    its certificate is made, where the listener reports it.
+    """
+    try:
+        host, port = hosts.parse_authority(authority, default_port, dns_labels=False)
+    except hosts.HostError as e:
+        raise ProxyProtocolError(str(e)) from None
+    if port is None:
+        raise ProxyProtocolError(f"missing port in {authority!r}")
+    return host, port
 
 
 def proxy_username(headers: Headers) -> str | None:

@@ -1,10 +1,22 @@
-"""Sans-I/O Server-Sent Events handling for relayed chat-completion streams.
+"""Sans-I/O Server-Sent Events: the one framer and the one encoder.
+
+Framing: :func:`_event_end` finds where an event ends in a byte buffer (a blank
+line after LF or CRLF line ends) and :func:`_data_payload` joins its ``data:``
+lines. Every reader is built on them:
+
+* :class:`ChatStreamRelay` relays an upstream chat-completions body and extracts
+  what the ledger needs on the side;
+* :class:`EventScanner` yields ``(event name, data)`` of any SSE stream (native
+  Responses / Messages streams, read for usage);
+* :class:`ChunkReader` decodes upstream chat chunks for the translators.
+
+Encoding: :func:`sse_event` writes one event (translated streams, error events).
 
 :class:`ChatStreamRelay` is fed the upstream body bytes exactly as they arrive
 and returns the bytes to forward to the client. It never re-encodes an event:
-forwarded bytes are slices of what upstream sent. On the side it extracts
-what the ledger needs (usage, upstream model, an error payload) by decoding
-only the ``data:`` lines with msgspec.
+forwarded bytes are slices of what upstream sent. On the side it extracts what
+the ledger needs (usage, upstream model, an error payload) by decoding only the
+``data:`` lines with msgspec.
 
 The one transformation it may apply is dropping the usage-only chunk
 (``choices: []`` with a ``usage`` object) when the client did not ask for
@@ -14,6 +26,8 @@ held until its terminating blank line arrives; complete events are never held.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import msgspec
 
@@ -65,21 +79,22 @@ completion_decoder = msgspec.json.Decoder(ChatCompletion)
 def _event_end(buf: bytes | bytearray, start: int) -> tuple[int, int]:
     """Find the next blank line at or after ``start``: (index, length) or (-1, 0).
 
-    Linear overall: the ``\r\n\r\n`` search is bounded by the ``\n\n`` hit, so
-    a buffer holding many LF-framed events is not rescanned to its end per event.
-    A CRLF-framed event ends in ``\r\n\r\n``, whose ``\n\r\n`` contains no
-    ``\n\n``; such streams are rare (none of our upstreams) and fall back to
-    one unbounded CRLF search.
+    The terminator is the last line's end plus the blank line: ``\n\n``,
+    ``\r\n\r\n``, or a mix (``\r\n\n`` is found as ``\n\n`` and leaves a
+    ``\r`` in the event, which readers ignore; ``\n\r\n``). Linear overall:
+    the search for ``\n\r\n`` is bounded by the ``\n\n`` hit, so a buffer
+    holding many LF-framed events is not rescanned to its end per event. A
+    CRLF-framed stream has no ``\n\n`` and falls back to one unbounded search;
+    such streams are rare (none of our upstreams).
     """
     lf = buf.find(b"\n\n", start)
-    if lf == -1:
-        crlf = buf.find(b"\r\n\r\n", start)
-        return (crlf, 4) if crlf != -1 else (-1, 0)
-    # a CRLF terminator before the LF one? (it cannot overlap it)
-    crlf = buf.find(b"\r\n\r\n", start, lf + 1)
-    if crlf != -1:
-        return crlf, 4
-    return lf, 2
+    cr = buf.find(b"\n\r\n", start) if lf == -1 else buf.find(b"\n\r\n", start, lf + 2)
+    if cr == -1:
+        return (lf, 2) if lf != -1 else (-1, 0)
+    # a CRLF-ended last line: the terminator starts at its \r
+    if cr > start and buf[cr - 1] == 0x0D:
+        return cr - 1, 4
+    return cr, 3
 
 
 def _data_payload(event: bytes) -> bytes | None:
@@ -96,6 +111,22 @@ def _data_payload(event: bytes) -> bytes | None:
         if line.startswith(b"data:"):
             parts.append(line[5:].lstrip(b" ") if line[5:6] == b" " else line[5:])
     return b"\n".join(parts).strip() if parts else None
+
+
+_encode = msgspec.json.encode
+
+
+def sse_event(event: str | None, data: Any) -> bytes:
+    """One event: ``event: <event>`` (when given) and ``data: <json>``, then a blank line.
+
+    ``data`` is encoded as JSON, unless it is ``bytes``: then it is JSON already
+    (an error body built elsewhere). JSON never holds a raw newline, so one
+    ``data:`` line carries it.
+    """
+    payload = data if isinstance(data, bytes) else _encode(data)
+    if event is None:
+        return b"data: " + payload + b"\n\n"
+    return b"event: " + event.encode() + b"\ndata: " + payload + b"\n\n"
 
 
 class ChatStreamRelay:
@@ -231,3 +262,49 @@ class EventScanner:
             return []
         payload = _data_payload(tail)
         return [(_event_name(tail), payload)] if payload else []
+
+
+class ChunkReader:
+    """Decoded upstream chat-completions chunks, for the translators.
+
+    ``feed`` takes bytes as they arrive (split anywhere) and returns the chunk
+    dicts completed so far; ``done`` turns true at ``data: [DONE]``. A ``data:``
+    payload that is not JSON comes back as an ``{"error": ...}`` chunk, so a
+    broken upstream ends the translated stream with an error instead of a
+    silent truncation. Comments and other fields (``event:``, ``id:``) carry
+    nothing for the translators and are skipped.
+    """
+
+    __slots__ = ("_scanner", "done")
+
+    def __init__(self) -> None:
+        self._scanner = EventScanner()
+        self.done = False
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        return self._decode(self._scanner.feed(data))
+
+    def close(self) -> list[dict[str, Any]]:
+        """End of body: an event left without its blank line still counts."""
+        return self._decode(self._scanner.flush())
+
+    def _decode(self, events: list[tuple[bytes | None, bytes]]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for _, payload in events:
+            if payload == b"[DONE]":
+                self.done = True
+                continue
+            try:
+                obj = _decode_any(payload)
+            except msgspec.DecodeError:
+                snippet = payload[:200].decode("utf-8", "replace")
+                out.append(
+                    {"error": {"message": f"upstream sent malformed stream data: {snippet}"}}
+                )
+                continue
+            if isinstance(obj, dict):
+                out.append(obj)
+        return out
+
+
+_decode_any = msgspec.json.decode

@@ -3,6 +3,11 @@
 A provider knows how to authenticate an account, which headers to send, where
 its API lives and how to adjust a request body. The server and the pool only
 talk to this interface, so adding a provider touches neither.
+
+Providers do no I/O: a short-lived credential is minted by the
+:class:`~tokn_router.accounts.refresher.Refresher`, which sends the provider's
+:meth:`Provider.refresh_request` and hands the answer to
+:meth:`Provider.parse_refresh`.
 """
 
 from __future__ import annotations
@@ -11,9 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    import httpx2 as httpx
-
-    from tokn_router.accounts.config import Account, GithubConfig
+    from tokn_router.accounts.schema import Account, GithubConfig
 
 AuthKind = Literal["github-oauth", "api-key"]
 
@@ -26,6 +29,14 @@ class Credential:
     expires_at: int | None = None  # unix seconds
     refresh_in: int | None = None  # seconds, as the upstream suggests
     api_base: str | None = None  # e.g. Copilot's endpoints.api
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshRequest:
+    """The ``GET`` that mints a credential."""
+
+    url: str
+    headers: dict[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,10 +78,12 @@ class Provider:
         """Headers for ``GET /models``."""
         return {"Authorization": f"Bearer {token}"}
 
-    async def refresh(
-        self, client: httpx.AsyncClient, account: Account, github: GithubConfig
-    ) -> Credential:
-        """Mint a fresh credential (short-lived providers only)."""
+    def refresh_request(self, account: Account, github: GithubConfig) -> RefreshRequest:
+        """The request that mints a fresh credential (short-lived providers only)."""
+        raise NotImplementedError
+
+    def parse_refresh(self, status: int, body: bytes) -> Credential:
+        """The credential in the answer to :meth:`refresh_request`, or AuthError/UpstreamError."""
         raise NotImplementedError
 
     def transform_request(self, body: dict[str, Any]) -> dict[str, Any]:

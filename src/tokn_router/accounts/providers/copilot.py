@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from tokn_router.accounts import identity
-from tokn_router.accounts.providers.base import Credential, Provider, RequestInfo
+from tokn_router.accounts.providers import github as gh
+from tokn_router.accounts.providers.base import Credential, Provider, RefreshRequest, RequestInfo
+from tokn_router.errors import AuthError
 
 if TYPE_CHECKING:
-    import httpx2 as httpx
-
-    from tokn_router.accounts.config import Account, AccountSettings, GithubConfig
+    from tokn_router.accounts.schema import Account, AccountSettings, GithubConfig
 
 DEFAULT_API_BASE = "https://api.githubcopilot.com"
 
@@ -19,7 +19,8 @@ def api_base_from_token(token: str) -> str | None:
     """Derive the API base from the token's ``proxy-ep=`` field, when present.
 
     A persisted token carries ``proxy-ep=proxy.business.githubcopilot.com``; the
-    API host is the same with ``api.`` in front (protocol reference §2).
+    API host is the same with ``api.`` in front (``api.business.githubcopilot.com``),
+    which is what the token exchange's ``endpoints.api`` names when it is present.
     """
     fields = token.split(":", 1)[0]
     for kv in fields.split(";"):
@@ -92,17 +93,16 @@ class CopilotProvider(Provider):
         h["OpenAI-Intent"] = "model-access"
         return h
 
-    async def refresh(
-        self, client: httpx.AsyncClient, account: Account, github: GithubConfig
-    ) -> Credential:
-        from tokn_router.accounts.providers import github as gh
-
+    def refresh_request(self, account: Account, github: GithubConfig) -> RefreshRequest:
         if not account.refresh_token:
-            from tokn_router.errors import AuthError
-
             raise AuthError(f"account '{account.id}' has no refresh_token (GitHub token)")
-        url = account.refresh_url or gh.token_url(github)
-        return await gh.exchange_copilot_token(client, account.refresh_token, url)
+        return RefreshRequest(
+            url=account.refresh_url or gh.token_url(github),
+            headers=gh.exchange_headers(account.refresh_token),
+        )
+
+    def parse_refresh(self, status: int, body: bytes) -> Credential:
+        return gh.credential_from_exchange(status, body)
 
     def matches_host(self, host: str) -> bool:
         return host == "githubcopilot.com" or host.endswith(".githubcopilot.com")

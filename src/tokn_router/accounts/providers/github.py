@@ -1,27 +1,26 @@
-"""GitHub endpoints: OAuth device flow, Copilot token exchange, user and quota.
+"""GitHub, without I/O: where its endpoints are, what we send, how we read the answers.
 
-All functions take an ``httpx.AsyncClient`` so callers decide proxies and TLS.
+The HTTP calls themselves are in :mod:`tokn_router.accounts.providers.github_client`.
+Keeping this half free of httpx and trio lets the Copilot provider, the config
+commands and the importers use it without loading an HTTP stack.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import httpx2 as httpx
-import trio
-
 from tokn_router.accounts import identity
-from tokn_router.accounts.config import GithubConfig
 from tokn_router.accounts.providers.base import Credential
+from tokn_router.accounts.schema import GithubConfig
 from tokn_router.errors import AuthError, UpstreamError
 
 CLIENT_ID = "Iv1.b507a08c87ecfe98"
 SCOPE = "read:user"
-_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 
 
 def github_url(cfg: GithubConfig) -> str:
@@ -38,12 +37,17 @@ def token_url(cfg: GithubConfig) -> str:
     return api_url(cfg) + "/copilot_internal/v2/token"
 
 
-def _json(resp: httpx.Response) -> dict[str, Any]:
+def json_object(body: bytes) -> dict[str, Any]:
+    """A JSON object body, or ``{}`` for anything else (GitHub errors are not always JSON)."""
     try:
-        data = resp.json()
-    except ValueError:
+        data = json.loads(body)
+    except ValueError:  # UnicodeDecodeError included
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def _text(body: bytes, limit: int) -> str:
+    return body.decode("utf-8", "replace")[:limit]
 
 
 # ------------------------------------------------------------------- device flow
@@ -58,17 +62,18 @@ class DeviceCode:
     interval: int
 
 
-async def request_device_code(client: httpx.AsyncClient, cfg: GithubConfig) -> DeviceCode:
-    url = github_url(cfg) + "/login/device/code"
-    resp = await client.post(
-        url, json={"client_id": CLIENT_ID, "scope": SCOPE}, headers={"Accept": "application/json"}
-    )
-    data = _json(resp)
-    if resp.status_code != 200 or "device_code" not in data:
+class DeviceFlowError(AuthError):
+    pass
+
+
+def device_code_from(cfg: GithubConfig, status: int, body: bytes) -> DeviceCode:
+    """The answer to ``POST /login/device/code``."""
+    data = json_object(body)
+    if status != 200 or "device_code" not in data:
         raise UpstreamError(
-            f"GitHub refused the device code request ({resp.status_code}): "
-            f"{data.get('error_description') or data.get('error') or resp.text[:200]}",
-            status=resp.status_code,
+            f"GitHub refused the device code request ({status}): "
+            f"{data.get('error_description') or data.get('error') or _text(body, 200)}",
+            status=status,
         )
     return DeviceCode(
         device_code=str(data["device_code"]),
@@ -80,75 +85,53 @@ async def request_device_code(client: httpx.AsyncClient, cfg: GithubConfig) -> D
     )
 
 
-class DeviceFlowError(AuthError):
-    pass
+def poll_step(status: int, body: bytes, interval: float) -> str | float:
+    """Read one answer of ``POST /login/oauth/access_token``.
 
-
-async def poll_access_token(
-    client: httpx.AsyncClient,
-    cfg: GithubConfig,
-    code: DeviceCode,
-    *,
-    on_wait: Callable[[float], Awaitable[None] | None] | None = None,
-    min_interval: float = 0.0,
-) -> str:
-    """Poll until the user authorises; returns the GitHub OAuth token.
-
-    Errors arrive with HTTP 200, so ``access_token`` is checked first and then
-    ``error`` (protocol reference §1): ``authorization_pending`` keeps polling,
-    ``slow_down`` adds 5 s (or takes the server's ``interval``),
-    ``expired_token`` / ``access_denied`` and the fatal codes stop.
+    Returns the OAuth token (a ``str``), or the seconds to wait before polling
+    again. GitHub answers errors with HTTP 200, so ``access_token`` is checked
+    first and then ``error``: ``authorization_pending`` keeps the interval,
+    ``slow_down`` adds 5 s (or takes the server's ``interval``);
+    ``expired_token``, ``access_denied`` and the other codes end the flow.
     """
-    url = github_url(cfg) + "/login/oauth/access_token"
-    interval = float(max(code.interval, min_interval))
-    deadline = trio.current_time() + code.expires_in
-    while True:
-        await trio.sleep(interval)
-        if on_wait is not None:
-            r = on_wait(interval)
-            if r is not None:
-                await r
-        resp = await client.post(
-            url,
-            json={"client_id": CLIENT_ID, "device_code": code.device_code, "grant_type": _GRANT},
-            headers={"Accept": "application/json"},
-        )
-        data = _json(resp)
-        if data.get("access_token"):
-            return str(data["access_token"])
-        err = data.get("error")
-        if err == "authorization_pending":
-            pass
-        elif err == "slow_down":
-            interval = float(data.get("interval") or interval + 5)
-        elif err == "expired_token":
-            raise DeviceFlowError(
-                "the device code expired before it was authorised; run login again"
-            )
-        elif err == "access_denied":
-            raise DeviceFlowError("authorisation was denied on GitHub")
-        elif err:
-            desc = data.get("error_description") or ""
-            raise DeviceFlowError(f"GitHub device flow failed: {err}{': ' + desc if desc else ''}")
-        else:
-            raise UpstreamError(
-                f"unexpected answer from GitHub while polling ({resp.status_code})",
-                status=resp.status_code,
-            )
-        if trio.current_time() > deadline:
-            raise DeviceFlowError(
-                "the device code expired before it was authorised; run login again"
-            )
+    data = json_object(body)
+    if data.get("access_token"):
+        return str(data["access_token"])
+    err = data.get("error")
+    if err == "authorization_pending":
+        return interval
+    if err == "slow_down":
+        return float(data.get("interval") or interval + 5)
+    if err == "expired_token":
+        raise DeviceFlowError("the device code expired before it was authorised; run login again")
+    if err == "access_denied":
+        raise DeviceFlowError("authorisation was denied on GitHub")
+    if err:
+        desc = data.get("error_description") or ""
+        raise DeviceFlowError(f"GitHub device flow failed: {err}{': ' + desc if desc else ''}")
+    raise UpstreamError(f"unexpected answer from GitHub while polling ({status})", status=status)
 
 
 # ---------------------------------------------------------------- Copilot token
 
 
-def _exchange_error(resp: httpx.Response) -> AuthError:
-    data = _json(resp)
-    status = resp.status_code
+def exchange_headers(github_token: str) -> dict[str, str]:
+    """Headers of ``GET /copilot_internal/v2/token``, as the editor plugin sends them."""
+    return {
+        "Authorization": f"token {github_token}",
+        "Accept": "application/json",
+        "X-GitHub-Api-Version": identity.TOKEN_API_VERSION,
+        "Editor-Version": identity.EDITOR_VERSION,
+        "Editor-Plugin-Version": identity.EDITOR_PLUGIN_VERSION,
+        "User-Agent": identity.USER_AGENT,
+    }
+
+
+def exchange_error(status: int, body: bytes) -> AuthError:
+    data = json_object(body)
+    text_body = _text(body, 2000)
     details = data.get("error_details") if isinstance(data.get("error_details"), dict) else {}
-    message = (details or {}).get("message") or data.get("message") or resp.text[:200].strip()
+    message = (details or {}).get("message") or data.get("message") or text_body[:200].strip()
     notification = (details or {}).get("notification_id")
     if status == 404:
         text = (
@@ -165,28 +148,14 @@ def _exchange_error(resp: httpx.Response) -> AuthError:
             text += f": {message}"
     else:
         text = f"Copilot token exchange failed ({status})" + (f": {message}" if message else "")
-    return AuthError(text, status=status, body=resp.text[:2000])
+    return AuthError(text, status=status, body=text_body)
 
 
-async def exchange_copilot_token(
-    client: httpx.AsyncClient, github_token: str, url: str
-) -> Credential:
-    """``GET /copilot_internal/v2/token`` → a short-lived Copilot credential."""
-    headers = {
-        "Authorization": f"token {github_token}",
-        "Accept": "application/json",
-        "X-GitHub-Api-Version": identity.TOKEN_API_VERSION,
-        "Editor-Version": identity.EDITOR_VERSION,
-        "Editor-Plugin-Version": identity.EDITOR_PLUGIN_VERSION,
-        "User-Agent": identity.USER_AGENT,
-    }
-    try:
-        resp = await client.get(url, headers=headers)
-    except httpx.HTTPError as e:
-        raise UpstreamError(f"cannot reach {url}: {type(e).__name__}: {e}") from None
-    if resp.status_code != 200:
-        raise _exchange_error(resp)
-    data = _json(resp)
+def credential_from_exchange(status: int, body: bytes) -> Credential:
+    """The answer of the token exchange: a short-lived Copilot credential, or AuthError."""
+    if status != 200:
+        raise exchange_error(status, body)
+    data = json_object(body)
     token = data.get("token")
     if not isinstance(token, str) or not token:
         raise UpstreamError("Copilot token exchange answered without a token", status=200)
@@ -204,35 +173,12 @@ async def exchange_copilot_token(
     )
 
 
-async def get_user(
-    client: httpx.AsyncClient, cfg: GithubConfig, github_token: str
-) -> dict[str, Any]:
-    url = api_url(cfg) + "/user"
-    resp = await client.get(
-        url, headers={"Authorization": f"token {github_token}", "Accept": "application/json"}
-    )
-    if resp.status_code != 200:
-        raise AuthError(f"GitHub /user failed ({resp.status_code})", status=resp.status_code)
-    return _json(resp)
-
-
-async def get_copilot_user(
-    client: httpx.AsyncClient, cfg: GithubConfig, github_token: str
-) -> dict[str, Any]:
-    """``GET /copilot_internal/user``: plan and quota snapshots."""
-    url = api_url(cfg) + "/copilot_internal/user"
-    resp = await client.get(
-        url,
-        headers={
-            "Authorization": f"token {github_token}",
-            "Accept": "application/json",
-            "X-GitHub-Api-Version": identity.TOKEN_API_VERSION,
-            "Editor-Version": identity.EDITOR_VERSION,
-            "User-Agent": identity.USER_AGENT,
-        },
-    )
-    if resp.status_code != 200:
-        raise UpstreamError(
-            f"GitHub /copilot_internal/user failed ({resp.status_code})", status=resp.status_code
-        )
-    return _json(resp)
+def quota_headers(github_token: str) -> dict[str, str]:
+    """Headers of ``GET /copilot_internal/user`` (plan and quota snapshots)."""
+    return {
+        "Authorization": f"token {github_token}",
+        "Accept": "application/json",
+        "X-GitHub-Api-Version": identity.TOKEN_API_VERSION,
+        "Editor-Version": identity.EDITOR_VERSION,
+        "User-Agent": identity.USER_AGENT,
+    }

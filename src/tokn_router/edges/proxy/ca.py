@@ -1,4 +1,4 @@
-"""The MITM proxy's local certificate authority and per-host leaf certificates.
+"""The MITM proxy's certificate store: the CA on disk and per-host TLS contexts.
 
 Layout of the CA folder (created ``0700``)::
 
@@ -14,22 +14,16 @@ TLS handshake on the event loop; callers warm the cache off-loop first with
 ``await trio.to_thread.run_sync(store.warm, host)`` (the CONNECT line names the host
 before the handshake starts), so the callback almost always hits the cache.
 
-No NameConstraints on the root: the intercept list is user-extensible
-(``intercept_hosts`` may name ``localhost:8443`` or an IP), and DNS-only constraints
-would not restrict IP SANs anyway (see the stack notes §5).
+What the certificates contain, and why, is :mod:`tokn_router.edges.proxy.certs`.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import datetime as dt
 import fcntl
-import ipaddress
 import logging
 import os
-import re
 import ssl
 import tempfile
 import threading
@@ -42,10 +36,12 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tokn_router._fs import atomic_write
+from tokn_router.edges.proxy import certs
+from tokn_router.edges.proxy.certs import Leaf, SigningKey
 from tokn_router.errors import ToknError
+from tokn_router.wire.hosts import normalize_host
 
 log = logging.getLogger("tokn_router.proxy.ca")
 
@@ -53,160 +49,17 @@ CA_KEY_NAME = "ca.key"
 CA_CERT_NAME = "ca.crt"
 CA_BUNDLE_NAME = "ca-bundle.crt"
 
-CA_VALIDITY = dt.timedelta(days=3650)
-LEAF_VALIDITY = dt.timedelta(days=30)
-# Backdate certificates so a client whose clock runs a little behind still accepts them.
-_BACKDATE = dt.timedelta(days=1)
 # A cached context whose leaf expires sooner than this is rebuilt (long-running daemon).
 _LEAF_RENEW_MARGIN = dt.timedelta(days=2)
-
-_PEM_CERT_RE = re.compile(
-    rb"-----BEGIN CERTIFICATE-----\r?\n.+?\r?\n-----END CERTIFICATE-----", re.DOTALL
-)
-_DNS_LABEL_RE = re.compile(r"^(?:\*|[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)$")
-
-_CA_CN = "tokn-router local CA"
-_CA_NAME = x509.Name(
-    [
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "tokn-router"),
-        x509.NameAttribute(NameOID.COMMON_NAME, _CA_CN),
-    ]
-)
-
-SigningKey = (
-    ec.EllipticCurvePrivateKey
-    | rsa.RSAPrivateKey
-    | ed25519.Ed25519PrivateKey
-    | ed448.Ed448PrivateKey
-)
 
 
 class CAError(ToknError):
     """The CA files on disk are unusable (corrupt, mismatched, half missing)."""
 
 
-class Leaf(NamedTuple):
-    certificate: x509.Certificate
-    private_key: ec.EllipticCurvePrivateKey
-
-
 class _Entry(NamedTuple):
     context: ssl.SSLContext
     not_after: dt.datetime
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def normalize_host(host: str) -> str:
-    """Lower-case, without IPv6 brackets or a trailing dot, IDNA-encoded (A-labels).
-
-    Raises ValueError for something that can be neither a DNS name nor an IP address.
-    """
-    h = host.strip()
-    if h.startswith("[") and h.endswith("]"):
-        h = h[1:-1]
-    with contextlib.suppress(ValueError):
-        return ipaddress.ip_address(h).compressed
-    h = h.rstrip(".").lower()
-    if not h.isascii():
-        try:
-            h = h.encode("idna").decode("ascii")
-        except UnicodeError:
-            raise ValueError(f"invalid host name {host!r}") from None
-    labels = h.split(".")
-    if not h or len(h) > 253 or not all(_DNS_LABEL_RE.match(lab) for lab in labels):
-        raise ValueError(f"invalid host name {host!r}")
-    return h
-
-
-def _san_for(host: str) -> x509.GeneralName:
-    try:
-        return x509.IPAddress(ipaddress.ip_address(host))
-    except ValueError:
-        return x509.DNSName(host)
-
-
-def _hash_for(key: SigningKey) -> hashes.SHA256 | None:
-    # Ed25519/Ed448 sign without a separate digest; cryptography wants None there.
-    return (
-        None
-        if isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey)
-        else hashes.SHA256()
-    )
-
-
-def system_root_pems(exclude: tuple[Path, ...] = ()) -> list[bytes]:
-    """PEM blocks of the system trust store, deduplicated, in file order.
-
-    Sources: OpenSSL's compiled-in default CA file (or its hashed directory when there
-    is no file), plus ``$SSL_CERT_FILE`` when it is a different file (a corporate
-    bundle the user already relies on). Files in ``exclude`` are skipped: after
-    ``eval "$(tokn-router proxy env)"`` SSL_CERT_FILE is our own bundle, and reading it
-    back would keep an old CA alive across ``regenerate``. ``certifi`` is a last
-    resort for platforms without a roots file (python.org macOS builds).
-    """
-    paths = ssl.get_default_verify_paths()
-    files: list[Path] = []
-    if paths.openssl_cafile and os.path.isfile(paths.openssl_cafile):
-        files.append(Path(paths.openssl_cafile))
-    elif paths.openssl_capath and os.path.isdir(paths.openssl_capath):
-        files.extend(sorted(p for p in Path(paths.openssl_capath).iterdir() if p.is_file()))
-    env_file = os.environ.get(paths.openssl_cafile_env or "SSL_CERT_FILE")
-    if env_file and os.path.isfile(env_file):
-        files.append(Path(env_file))
-    if not files:
-        with contextlib.suppress(ImportError):
-            import certifi  # type: ignore[import-not-found,unused-ignore]
-
-            files.append(Path(certifi.where()))
-
-    def excluded(p: Path) -> bool:
-        return any(e.exists() and _samefile(p, e) for e in exclude)
-
-    seen: set[bytes] = set()
-    out: list[bytes] = []
-    for f in files:
-        if excluded(f):
-            continue
-        try:
-            data = f.read_bytes()
-        except OSError:
-            continue
-        for m in _PEM_CERT_RE.finditer(data):
-            block = m.group(0).replace(b"\r\n", b"\n")
-            key = b"".join(block.split())
-            if key not in seen:
-                seen.add(key)
-                out.append(block)
-    if not out:
-        log.warning("no system root certificates found; ca-bundle.crt holds only the proxy CA")
-    return out
-
-
-def _is_tokn_ca(pem: bytes) -> bool:
-    """One of our own CAs (any generation), e.g. from a copied old bundle in SSL_CERT_FILE."""
-    body = b"".join(pem.splitlines()[1:-1])
-    try:
-        der = base64.b64decode(body)
-    except binascii.Error:
-        return False
-    # Search the DER first: parsing every system root is slower and makes cryptography
-    # warn about some old roots' non-positive serial numbers.
-    if _CA_CN.encode() not in der:
-        return False
-    try:
-        return x509.load_der_x509_certificate(der).subject == _CA_NAME
-    except ValueError:
-        return False
-
-
-def _samefile(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
 
 
 class CertStore:
@@ -374,60 +227,22 @@ class CertStore:
                 p.unlink()
 
     def _generate(self) -> None:
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = _CA_NAME
-        now = _now()
-        ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - _BACKDATE)
-            .not_valid_after(now + CA_VALIDITY)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(ski, critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski),
-                critical=False,
-            )
-            .sign(key, hashes.SHA256())
-        )
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+        key, cert = certs.new_ca()
         # Key first: a crash in between leaves "cert missing", which load reports
         # instead of silently pairing a new key with an old, already-trusted cert.
-        atomic_write(self.key_path, key_pem, 0o600)
-        atomic_write(self.cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        atomic_write(self.key_path, certs.private_pem(key), 0o600)
+        atomic_write(self.cert_path, certs.certificate_pem(cert), 0o644)
         self._key, self._cert = key, cert
         self._write_bundle(only_if_changed=False)
         log.info("generated proxy CA in %s", self.ca_dir)
 
     def _write_bundle(self, *, only_if_changed: bool) -> None:
         assert self._cert is not None
-        ours = self._cert.public_bytes(serialization.Encoding.PEM).rstrip(b"\n")
+        ours = certs.certificate_pem(self._cert).rstrip(b"\n")
         roots = [
             p
-            for p in system_root_pems(exclude=(self.bundle_path, self.cert_path))
-            if not _is_tokn_ca(p)
+            for p in certs.system_root_pems(exclude=(self.bundle_path, self.cert_path))
+            if not certs.is_tokn_ca(p)
         ]
         data = b"\n".join([*roots, ours]) + b"\n"
         if only_if_changed:
@@ -440,48 +255,8 @@ class CertStore:
 
     def issue_leaf(self, host: str) -> Leaf:
         """A fresh 30-day server certificate for ``host`` (DNS name or IP literal)."""
-        host = normalize_host(host)
         ca_key, ca_cert = self._ca()
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = _now()
-        subject = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "tokn-router")]
-        if len(host) <= 64:  # the CN attribute is limited to 64 characters
-            subject.append(x509.NameAttribute(NameOID.COMMON_NAME, host))
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name(subject))
-            .issuer_name(ca_cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - _BACKDATE)
-            .not_valid_after(now + LEAF_VALIDITY)
-            .add_extension(x509.SubjectAlternativeName([_san_for(host)]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(
-                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
-            )
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                critical=False,
-            )
-            .sign(ca_key, _hash_for(ca_key))
-        )
-        return Leaf(cert, key)
+        return certs.issue_leaf(ca_key, ca_cert, host)
 
     def _new_context(self, leaf: Leaf) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -490,11 +265,7 @@ class CertStore:
         # (ALPN comes from the context chosen in the SNI callback, so every context
         # needs this, not just the base one.)
         ctx.set_alpn_protocols(["http/1.1"])
-        pem = leaf.private_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ) + leaf.certificate.public_bytes(serialization.Encoding.PEM)
+        pem = certs.private_pem(leaf.private_key) + certs.certificate_pem(leaf.certificate)
         # load_cert_chain only takes paths. mkstemp creates the file 0600 inside the
         # 0700 CA folder; it is removed as soon as OpenSSL has read it.
         fd, tmp = tempfile.mkstemp(dir=self.ca_dir, prefix=".leaf-", suffix=".pem")
@@ -516,7 +287,7 @@ class CertStore:
             return None
         with self._lock:
             entry = self._cache.get(host)
-            if entry is None or entry.not_after - _now() < _LEAF_RENEW_MARGIN:
+            if entry is None or entry.not_after - certs.now() < _LEAF_RENEW_MARGIN:
                 return None
             self._cache.move_to_end(host)
             return entry.context

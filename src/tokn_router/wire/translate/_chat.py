@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from tokn_router.wire.translate.sse import ChunkReader
+from tokn_router.wire.sse import ChunkReader
 
 BlockKind = Literal["thinking", "text", "tool"]
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 
+from tokn_router.wire.sse import sse_event
 from tokn_router.wire.translate._chat import (
     REASONING_OPAQUE_KEYS,
     REASONING_TEXT_KEYS,
@@ -24,7 +25,6 @@ from tokn_router.wire.translate._chat import (
 )
 from tokn_router.wire.translate._responses_tools import ToolMap, custom_input
 from tokn_router.wire.translate.errors import TranslationError
-from tokn_router.wire.translate.sse import sse_event
 
 _encode = msgspec.json.encode
 

@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeGuard
 import msgspec
 
 from tokn_router.wire.initiator import classify_messages
+from tokn_router.wire.sse import sse_event
 from tokn_router.wire.translate._chat import (
     REASONING_OPAQUE_KEYS,
     REASONING_TEXT_KEYS,
@@ -29,7 +30,6 @@ from tokn_router.wire.translate._chat import (
     text_of,
 )
 from tokn_router.wire.translate.errors import TranslationError, anthropic_error
-from tokn_router.wire.translate.sse import sse_event
 
 __all__ = [
     "ChatToMessagesStream",

@@ -1,0 +1,156 @@
+"""Keeping accounts usable: mint short-lived credentials, read model lists.
+
+One :meth:`Refresher.run_account` task per account refreshes its credential
+before it expires and re-reads its ``/models`` every ten minutes. The request
+path calls :meth:`Refresher.refresh` after an upstream 401; the refresh is
+single-flight per account, so concurrent 401s trigger one exchange and the
+others reuse its result.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx2 as httpx
+import msgspec
+import trio
+
+from tokn_router.accounts.pool import AccountState, Pool
+from tokn_router.accounts.providers.base import Credential
+from tokn_router.accounts.schema import GithubConfig
+from tokn_router.errors import AuthError, ToknError, UpstreamError
+
+log = logging.getLogger("tokn_router.pool")
+
+MODELS_TTL_SECS = 600.0
+
+Persist = Callable[[str, Credential], Awaitable[None]]
+"""Stores a refreshed credential (the daemon writes it to the config file)."""
+
+
+class _ModelList(msgspec.Struct):
+    data: list[dict[str, Any]] = msgspec.field(default_factory=list)
+
+
+_models_decoder = msgspec.json.Decoder(_ModelList)
+
+
+class Refresher:
+    """Mints short-lived credentials and reads model lists for accounts."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        client: httpx.AsyncClient,
+        github: GithubConfig,
+        persist: Persist,
+    ) -> None:
+        self.pool = pool
+        self.client = client
+        self.github = github
+        self.persist = persist
+
+    async def refresh(self, st: AccountState, *, seen_generation: int | None = None) -> bool:
+        """Refresh one account's credential once, single-flight.
+
+        When ``seen_generation`` is given and another task already replaced
+        that credential, the refresh is skipped and the new one reused.
+        Returns True when a usable credential is in place.
+        """
+        if not st.provider.needs_refresh():
+            return st.token() is not None
+        async with st.refresh_lock:
+            if seen_generation is not None and st.generation != seen_generation:
+                return st.credential is not None
+            try:
+                cred = await self._mint(st)
+            except AuthError as e:
+                if e.status in (401, 404):
+                    if not st.disabled_reason:
+                        st.disabled_reason = str(e)
+                        log.error("account %s disabled: %s", st.id, e)
+                else:
+                    st.last_error = str(e)
+                    log.warning("account %s: token refresh failed: %s", st.id, e)
+                return False
+            except (UpstreamError, httpx.HTTPError) as e:
+                st.last_error = f"token refresh failed: {e}"
+                log.warning("account %s: token refresh failed: %s", st.id, e)
+                return False
+            st.set_credential(cred)
+            st.last_error = None
+            try:
+                await self.persist(st.id, cred)
+            except ToknError as e:
+                log.warning("account %s: could not persist the refreshed token: %s", st.id, e)
+            return True
+
+    async def _mint(self, st: AccountState) -> Credential:
+        req = st.provider.refresh_request(st.account, self.github)
+        try:
+            resp = await self.client.get(req.url, headers=req.headers)
+        except httpx.HTTPError as e:
+            raise UpstreamError(f"cannot reach {req.url}: {type(e).__name__}: {e}") from None
+        return st.provider.parse_refresh(resp.status_code, resp.content)
+
+    async def fetch_models(self, st: AccountState) -> None:
+        token = st.token()
+        if not token:
+            return
+        url = st.base_url() + "/models"
+        try:
+            resp = await self.client.get(url, headers=st.provider.model_headers(st.account, token))
+        except httpx.HTTPError as e:
+            log.info("account %s: cannot list models (%s); using the static list", st.id, e)
+            return
+        if resp.status_code != 200:
+            log.info(
+                "account %s: /models answered %s; using the static list", st.id, resp.status_code
+            )
+            return
+        try:
+            data = _models_decoder.decode(resp.content).data
+        except msgspec.DecodeError:
+            return
+        st.models = {e["id"]: e for e in data if isinstance(e.get("id"), str)}
+        st.models_fetched_at = time.monotonic()
+
+    async def run_account(self, st: AccountState) -> None:
+        """One account's background task: keep the credential fresh, list models."""
+        backoff = 5.0
+        while not st.removed:
+            if st.disabled_reason or not st.account.enabled:
+                st.ready.set()
+                await self._wait(st, None)
+                continue
+            if st.needs_credential():
+                ok = await self.refresh(st)
+                if not ok:
+                    st.ready.set()
+                    if st.disabled_reason:
+                        continue
+                    await self._wait(st, backoff)
+                    backoff = min(backoff * 2, 300.0)
+                    continue
+                backoff = 5.0
+            if not st.models or time.monotonic() - st.models_fetched_at > MODELS_TTL_SECS:
+                await self.fetch_models(st)
+            st.ready.set()
+            await self._wait(st, self._next_wake(st))
+
+    def _next_wake(self, st: AccountState) -> float:
+        delay = MODELS_TTL_SECS
+        if st.provider.needs_refresh() and st.credential is not None:
+            delay = min(delay, max(0.5, st.refresh_at - time.time()))
+        return delay
+
+    async def _wait(self, st: AccountState, delay: float | None) -> None:
+        st.wake = trio.Event()
+        if delay is None:
+            await st.wake.wait()
+        else:
+            with trio.move_on_after(delay):
+                await st.wake.wait()
