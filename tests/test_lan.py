@@ -24,7 +24,7 @@ from quart_trio import QuartTrio
 from tests.fakes.upstream import FakeUpstream
 from tokn_router.accounts.config import Config
 from tokn_router.accounts.pool import Pool, Refresher
-from tokn_router.edges.api import Services, create_app
+from tokn_router.edges.api import ApiServices, create_app
 from tokn_router.edges.lan import LanInfo, parse_host_header
 from tokn_router.edges.proxy.ca import CertStore
 from tokn_router.edges.proxy.shellenv import SHELLS
@@ -84,7 +84,7 @@ async def make_app() -> AsyncIterator[Callable[[LanInfo | None], QuartTrio]]:
     relay = Relay(pool, Refresher(pool, client, cfg.github, persist), client)
 
     def build(lan: LanInfo | None) -> QuartTrio:
-        svc = Services(
+        svc = ApiServices(
             config=lambda: cfg,
             pool=pool,
             relay=relay,

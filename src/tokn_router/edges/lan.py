@@ -1,7 +1,8 @@
-"""LAN bootstrap endpoints (SPEC 10): ``/-/lan/...`` on a deliberate remote bind.
+"""LAN bootstrap endpoints: ``/-/lan/...`` on a deliberate remote bind.
 
-``serve --host 0.0.0.0 --insecure-allow-remote [--with-proxy]`` sets ``svc.lan``; the
-routes answer only then (404 otherwise, like any unknown path):
+``serve --host 0.0.0.0 --insecure-allow-remote [--with-proxy]`` publishes a
+:class:`LanInfo`; the routes answer only then (404 otherwise, like any unknown path),
+and only on the API listener (the MITM proxy's route mode never reaches them):
 
 * ``GET /-/lan/bootstrap.json`` — ``api_url``, ``proxy_url`` (null without the proxy),
   ``ca_cert_url``, ``env_url``, ``ca_sha256``.
@@ -25,9 +26,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 import trio
@@ -36,9 +38,6 @@ from werkzeug.exceptions import NotFound
 
 from tokn_router.edges.proxy.shellenv import DEFAULT_NO_PROXY, SHELLS, env_vars, quote
 from tokn_router.wire.errors import error_body
-
-if TYPE_CHECKING:
-    from tokn_router.edges.api import Services
 
 __all__ = ["LanInfo", "LanURLs", "env_script", "parse_host_header", "register"]
 
@@ -474,17 +473,16 @@ def _public_pem(path: Path, data: bytes, expected_sha256: str) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def register(app: Any, svc: Services) -> None:
-    """Add the LAN routes; they answer only while ``svc.lan`` is set (404 otherwise).
+def register(app: Any, lan_info: Callable[[], LanInfo | None]) -> None:
+    """Add the LAN routes; they answer only while ``lan_info()`` gives one (404 otherwise).
 
-    The daemon sets ``svc.lan`` after building the app (and replaces it once the proxy
-    port is known), so the check happens per request.
+    The daemon publishes the info after building the app (and replaces it once the
+    proxy port is known), so the check happens per request.
     """
-    from tokn_router.edges.api import from_proxy
 
     def lan_urls() -> LanURLs | Response:
-        info: LanInfo | None = svc.lan
-        if info is None or from_proxy():
+        info = lan_info()
+        if info is None:
             raise NotFound()
         try:
             return LanURLs.build(info, request.headers.get("host"))
@@ -503,7 +501,9 @@ def register(app: Any, svc: Services) -> None:
         urls = lan_urls()
         if isinstance(urls, Response):
             return urls
-        info: LanInfo = svc.lan
+        info = lan_info()
+        if info is None:
+            raise NotFound()
         try:
             data = await trio.Path(info.ca_cert_path).read_bytes()
             pem = _public_pem(info.ca_cert_path, data, info.ca_sha256)
