@@ -9,7 +9,7 @@ and ledger are the same code, and the same row, whichever door a request came in
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,6 +112,38 @@ def _too_large(limit: int) -> RequestError:
     return RequestError(413, f"request body exceeds {limit} bytes", code="request_too_large")
 
 
+class StreamBody:
+    """A streamed answer body: an async generator, plus its clean-up if it never ran.
+
+    An async generator closed before its first ``__anext__`` never runs its
+    ``finally``. A front end closes a body that way when the client leaves
+    between the answer's head and its first chunk; ``on_unstarted`` then
+    releases what the body holds (the upstream response) and closes the row.
+    """
+
+    __slots__ = ("_gen", "_on_unstarted", "_started")
+
+    def __init__(
+        self, gen: AsyncGenerator[bytes, None], on_unstarted: Callable[[], Awaitable[None]]
+    ) -> None:
+        self._gen = gen
+        self._on_unstarted = on_unstarted
+        self._started = False
+
+    def __aiter__(self) -> StreamBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        self._started = True
+        return await self._gen.__anext__()
+
+    async def aclose(self) -> None:
+        if not self._started:
+            self._started = True
+            await self._on_unstarted()
+        await self._gen.aclose()
+
+
 @dataclass(slots=True)
 class Answer:
     """What to send back: status, headers, and the body whole or as it is produced.
@@ -122,7 +154,7 @@ class Answer:
     """
 
     status: int
-    body: bytes | AsyncGenerator[bytes, None] = b""
+    body: bytes | StreamBody = b""
     headers: list[tuple[str, str]] = field(default_factory=list)
     reason: str = ""  # the upstream's reason phrase (proxy pass-through only)
 
@@ -145,7 +177,7 @@ def json_answer(status: int, body: bytes, headers: dict[str, str] | None = None)
     return Answer(status, body, [("Content-Type", JSON), *(headers or {}).items()])
 
 
-def sse_answer(body: AsyncGenerator[bytes, None], status: int = 200) -> Answer:
+def sse_answer(body: StreamBody, status: int = 200) -> Answer:
     headers = [("Content-Type", SSE), ("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no")]
     return Answer(status, body, headers)
 
@@ -157,6 +189,7 @@ __all__ = [
     "BodySource",
     "Call",
     "Headers",
+    "StreamBody",
     "json_answer",
     "sse_answer",
 ]

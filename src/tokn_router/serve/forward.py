@@ -23,7 +23,7 @@ import trio
 from tokn_router.accounts.pool import AccountState, Pool
 from tokn_router.accounts.providers.base import RequestInfo
 from tokn_router.errors import RequestError
-from tokn_router.serve.call import Answer, Call, json_answer
+from tokn_router.serve.call import Answer, Call, StreamBody, json_answer
 from tokn_router.serve.common import Services
 from tokn_router.usage.inflight import RequestLog
 from tokn_router.wire.errors import error_body
@@ -116,13 +116,18 @@ async def forward(
     out_headers = [
         (k, v) for k, v in resp.headers.multi_items() if k.lower() not in _RESPONSE_HOP_BY_HOP
     ]
-    return Answer(resp.status_code, _relay(svc, resp, rlog), out_headers, reason=resp.reason_phrase)
+    sniff = UsageSniffer(resp.headers.get("content-type", ""))
+
+    async def unstarted() -> None:
+        await _close(svc, resp, rlog, sniff)
+
+    stream = StreamBody(_relay(svc, resp, rlog, sniff), unstarted)
+    return Answer(resp.status_code, stream, out_headers, reason=resp.reason_phrase)
 
 
 async def _relay(
-    svc: Services, resp: httpx.Response, rlog: RequestLog
+    svc: Services, resp: httpx.Response, rlog: RequestLog, sniff: UsageSniffer
 ) -> AsyncGenerator[bytes, None]:
-    sniff = UsageSniffer(resp.headers.get("content-type", ""))
     try:
         async for chunk in resp.aiter_raw():
             rlog.mark_first_token()
@@ -132,14 +137,20 @@ async def _relay(
         rlog.error = f"upstream failed mid-answer: {type(e).__name__}: {e}"[:500]
         raise
     finally:
-        with trio.CancelScope(shield=True):
-            await resp.aclose()
-        usage, model = sniff.finish()
-        rlog.usage = usage
-        if model:
-            rlog.upstream_model = model
-        status = resp.status_code
-        svc.finish(rlog, error=f"upstream answered {status}" if status >= 400 else None)
+        await _close(svc, resp, rlog, sniff)
+
+
+async def _close(
+    svc: Services, resp: httpx.Response, rlog: RequestLog, sniff: UsageSniffer
+) -> None:
+    with trio.CancelScope(shield=True):
+        await resp.aclose()
+    usage, model = sniff.finish()
+    rlog.usage = usage
+    if model:
+        rlog.upstream_model = model
+    status = resp.status_code
+    svc.finish(rlog, error=f"upstream answered {status}" if status >= 400 else None)
 
 
 def _swap_credentials(

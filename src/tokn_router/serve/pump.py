@@ -26,6 +26,7 @@ from typing import Any
 import httpx2 as httpx
 import trio
 
+from tokn_router.serve.call import StreamBody
 from tokn_router.usage.inflight import RequestLog
 from tokn_router.wire.transforms import StreamTransform
 
@@ -35,7 +36,28 @@ KEEPALIVE = b": keep-alive\n\n"
 Spawn = Callable[[Callable[[], Any]], None]
 
 
-async def relay_stream(
+def relay_stream(
+    spawn: Spawn,
+    resp: httpx.Response,
+    transform: StreamTransform,
+    rlog: RequestLog,
+    *,
+    keepalive: float,
+    on_done: Callable[[], None],
+) -> StreamBody:
+    """The client body of a streamed response; ``on_done`` runs exactly once at the end."""
+
+    async def unstarted() -> None:
+        with trio.CancelScope(shield=True):
+            await resp.aclose()
+        rlog.error = rlog.error or "client disconnected"
+        on_done()
+
+    body = _relay(spawn, resp, transform, rlog, keepalive=keepalive, on_done=on_done)
+    return StreamBody(body, unstarted)
+
+
+async def _relay(
     spawn: Spawn,
     resp: httpx.Response,
     transform: StreamTransform,
@@ -44,7 +66,6 @@ async def relay_stream(
     keepalive: float,
     on_done: Callable[[], None],
 ) -> AsyncGenerator[bytes, None]:
-    """The client body of a streamed response; ``on_done`` runs exactly once at the end."""
     send, recv = trio.open_memory_channel[bytes](64)
     pump_scope = trio.CancelScope()  # cancelled when the body ends
     tick_scope = trio.CancelScope()
