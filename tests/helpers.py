@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 from pathlib import Path
@@ -22,3 +23,21 @@ def stop(daemon: Any) -> None:
     """SIGTERM the daemon and require a clean exit (the ledger is flushed then)."""
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait_exit(20) == 0
+
+
+# Anthropic usage with prompt-cache reads and writes: its input_tokens leaves the
+# cached tokens out; the ledger's input counts every prompt token the model
+# processed (see tokn_router.wire.usage).
+CACHED_USAGE = {
+    "input_tokens": 10,
+    "cache_read_input_tokens": 100,
+    "cache_creation_input_tokens": 1000,
+    "output_tokens": 7,
+}
+CACHED_LEDGER = {"input": 1110, "output": 7, "cache_read": 100, "cache_write": 1000}
+
+
+def cached_usage_of(row: dict[str, Any]) -> dict[str, Any]:
+    """The ``CACHED_LEDGER`` keys of a row's usage_json."""
+    u = json.loads(row["usage_json"])
+    return {k: u.get(k) for k in CACHED_LEDGER}

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.fakes import FakeUpstream
-from tests.helpers import ledger_rows, stop
+from tests.helpers import CACHED_LEDGER, CACHED_USAGE, cached_usage_of, ledger_rows, stop
 
 NATIVE = "claude-sonnet-4.5"
 TRANSLATED = "gpt-4.1"
@@ -461,3 +461,21 @@ def test_ledger_rows_and_model_ids(fake: FakeUpstream, write_config, daemon, env
     assert u["input"] == chat_usage["prompt_tokens"]
     assert u["output"] == chat_usage["completion_tokens"]
     assert u["cache_read"] == chat_usage["prompt_tokens_details"]["cached_tokens"]
+
+
+def test_prompt_cache_reads_and_writes_count_as_input(
+    fake: FakeUpstream, write_config, daemon, env_home
+) -> None:
+    one_account(fake, write_config)
+    d = daemon()
+    fake.script("/v1/messages", usage=CACHED_USAGE, times=None)
+    c = client(d.url)
+    msgs = [{"role": "user", "content": "cache me"}]
+    c.messages.create(model=NATIVE, max_tokens=64, messages=msgs)
+    with c.messages.stream(model=NATIVE, max_tokens=64, messages=msgs) as s:
+        s.until_done()
+    c.close()
+    stop(d)
+    rows = ledger_rows(env_home.state_dir)
+    assert [r["status"] for r in rows] == [200, 200]
+    assert [cached_usage_of(r) for r in rows] == [CACHED_LEDGER, CACHED_LEDGER]

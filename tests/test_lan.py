@@ -25,7 +25,7 @@ from tests.fakes import FakeUpstream
 from tokn_router.accounts.config import Config
 from tokn_router.accounts.pool import Pool
 from tokn_router.accounts.refresher import Refresher
-from tokn_router.edges.api import Services, create_app
+from tokn_router.edges.api import ApiServices, create_app
 from tokn_router.edges.lan import LanInfo, parse_host_header
 from tokn_router.edges.proxy.ca import CertStore
 from tokn_router.edges.proxy.shellenv import SHELLS
@@ -85,7 +85,7 @@ async def make_app() -> AsyncIterator[Callable[[LanInfo | None], QuartTrio]]:
     relay = Relay(pool, Refresher(pool, client, cfg.github, persist), client)
 
     def build(lan: LanInfo | None) -> QuartTrio:
-        svc = Services(
+        svc = ApiServices(
             config=lambda: cfg,
             pool=pool,
             relay=relay,

@@ -17,7 +17,7 @@ import pytest
 import trustme
 
 from tests.fakes import FakeUpstream
-from tests.helpers import ledger_rows
+from tests.helpers import CACHED_LEDGER, CACHED_USAGE, cached_usage_of, ledger_rows
 
 CHAT = "/chat/completions"
 OPENAI_CHAT = "https://api.openai.com/v1/chat/completions"
@@ -428,3 +428,47 @@ def _rows_or_empty(state_dir: Path) -> list[dict]:
         return ledger_rows(state_dir)
     except sqlite3.OperationalError:
         return []
+
+
+def test_passthrough_reads_anthropic_cache_usage_like_the_api(
+    fake_tls: FakeUpstream, write_config, daemon, run_cli, cli_env, env_home
+) -> None:
+    """The same native Messages answer, served by the pool and passed through: same row."""
+    port = fake_tls.port
+    write_config(
+        {
+            "proxy_mode": {
+                "intercept_hosts": [f"localhost:{port}"],
+                "route_mode": "passthrough",
+                "port": free_port(),
+            },
+            "accounts": [fake_tls.copilot_account("alice", "gho_alice")],
+        }
+    )
+    d = daemon("--with-proxy")
+    env = client_env(cli_env, proxy_env(run_cli, d.proxy_url))
+    fake_tls.script("/v1/messages", usage=CACHED_USAGE, times=None)
+    token, _ = fake_tls.issue_copilot_token("gho_carol")
+    body = {
+        "model": "claude-sonnet-4.5",
+        "max_tokens": 64,
+        "messages": [{"role": "user", "content": "cache me"}],
+    }
+    verify = ssl.create_default_context(cafile=env["SSL_CERT_FILE"])
+    url = f"https://localhost:{port}/v1/messages"
+    with httpx.Client(proxy=env["HTTPS_PROXY"], verify=verify, timeout=20) as c:
+        for stream in (False, True):
+            r = c.post(
+                url, json={**body, "stream": stream}, headers={"authorization": f"Bearer {token}"}
+            )
+            assert r.status_code == 200, r.text
+    # the same answers served by the pool on the API listener
+    for stream in (False, True):
+        r = httpx.post(d.url + "/v1/messages", json={**body, "stream": stream}, timeout=20)
+        assert r.status_code == 200, r.text
+    d.send_signal(signal.SIGTERM)
+    assert d.wait_exit(20) == 0
+    rows = ledger_rows(env_home.state_dir)
+    sources = [(json.loads(r["params_json"])["source"], r["endpoint"]) for r in rows]
+    assert sources == [("proxy", "/v1/messages")] * 2 + [("api", "/v1/messages")] * 2
+    assert [cached_usage_of(r) for r in rows] == [CACHED_LEDGER] * 4

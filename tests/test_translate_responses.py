@@ -582,7 +582,10 @@ def test_openai_error_shape() -> None:
             }
         },
     )
-    assert openai_error(503, "busy")[1]["error"]["type"] == "api_error"
+    # one OpenAI table for every endpoint: what the chat endpoint always answered
+    assert openai_error(503, "busy")[1]["error"]["type"] == "service_unavailable"
+    assert openai_error(502, "bad gateway")[1]["error"]["type"] == "upstream_error"
+    assert openai_error(500, "boom")[1]["error"]["type"] == "api_error"
 
 
 # ---------------------------------------------------------------------------

@@ -32,16 +32,26 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from hypercorn import trio as hypercorn_trio
+from hypercorn.config import Config as HConfig
 
 from tokn_router.accounts import config as config_mod
 from tokn_router.accounts.config import Config, ConfigFile, ProxyModeConfig
 from tokn_router.accounts.pool import AccountState, Pool
 from tokn_router.accounts.providers.base import Credential
 from tokn_router.accounts.refresher import Refresher
-from tokn_router.edges.api import Services, create_app
+from tokn_router.edges.api import ApiServices, create_app
+from tokn_router.edges.lan import LanInfo
+from tokn_router.edges.proxy import listener
+from tokn_router.edges.proxy.modes import BUILTIN_INTERCEPT, InterceptList, ProxyModes
 from tokn_router.errors import ToknError, UsageError
-from tokn_router.net.client import ProxySetting, make_client
-from tokn_router.serve.relay import Relay, RequestLog
+from tokn_router.net.client import ProxySetting, make_client, tls_context
+from tokn_router.net.transport import TrioH11Transport
+from tokn_router.net.tunnels import open_upstream
+from tokn_router.serve.common import Services
+from tokn_router.serve.relay import Relay
+from tokn_router.usage import open_ledger
+from tokn_router.usage.record import RequestRecord
 
 log = logging.getLogger("tokn_router.daemon")
 
@@ -50,8 +60,8 @@ log = logging.getLogger("tokn_router.daemon")
 class ServeOptions:
     """What `serve` and `proxy start` ask of the daemon.
 
-    ``api=False`` runs the MITM proxy alone (``tokn-router proxy start``); the
-    API app still exists in-process to serve route-mode requests.
+    ``api=False`` runs the MITM proxy alone (``tokn-router proxy start``); its
+    route mode is served by the same handlers as the API listener.
     """
 
     config_path: Path
@@ -118,9 +128,6 @@ class Daemon:
         self.lan_mode = opts.api and not is_loopback_bind(self.host)
         config_mod.ensure_state_dir(opts.config_path.parent)
         self.proxy_setting = ProxySetting.from_config(self.cfg.proxy, disabled=opts.no_proxy)
-        from tokn_router.net.client import tls_context
-        from tokn_router.net.transport import TrioH11Transport
-
         self.transport = TrioH11Transport(verify=tls_context())
         self.client = make_client(self.proxy_setting, self.cfg.upstream, direct=self.transport)
         self.pool = Pool(self.cfg)
@@ -136,10 +143,8 @@ class Daemon:
     # ------------------------------------------------------------ lifecycle
 
     async def run(self) -> None:
-        from tokn_router.usage import open_ledger
-
         self._ledger = open_ledger(self.cfg, self.opts.config_path)
-        svc = Services(
+        svc = ApiServices(
             config=lambda: self.cfg,
             pool=self.pool,
             relay=self.relay,
@@ -148,15 +153,13 @@ class Daemon:
             loopback_only=is_loopback_bind(self.host),
             health_extra=self._health_extra,
         )
-        app = create_app(svc)
         if self.opts.with_proxy or self.lan_mode:
+            # imported here: cryptography adds ~0.1 s to a start-up that needs no CA
             from tokn_router.edges.proxy.ca import CertStore
 
             self._certstore = CertStore(config_mod.ca_dir(self.cfg, self.opts.config_path))
             await trio.to_thread.run_sync(self._certstore.load)
         if self.lan_mode:
-            from tokn_router.edges.lan import LanInfo
-
             svc.lan = LanInfo(
                 proxy_port=None,
                 ca_cert_path=self._certstore.cert_path,
@@ -173,16 +176,14 @@ class Daemon:
                         self._start_account(st)
                     proxy_url = None
                     if self.opts.with_proxy:
-                        proxy_url = await self._start_proxy(services, app)
+                        proxy_url = await self._start_proxy(services, svc)
                         if svc.lan is not None:
                             svc.lan = dataclasses.replace(
                                 svc.lan, proxy_port=int(proxy_url.rsplit(":", 1)[1])
                             )
                     url = None
                     if self.opts.api:
-                        url = await self._start_api(services, app)
-                    else:
-                        await app.startup()  # no hypercorn lifespan: run it ourselves
+                        url = await self._start_api(services, create_app(svc))
                     self._banner(url, proxy_url)
                     services.start_soon(self._watch_config)
                     await self.shutdown.wait()
@@ -197,16 +198,9 @@ class Daemon:
                 # every request has reported by now: let the writer flush and end
                 self._ledger.close()
 
-    async def _start_proxy(self, nursery: trio.Nursery, app: Any) -> str:
-        from tokn_router.edges.proxy import listener
-        from tokn_router.edges.proxy.modes import InterceptList, ProxyModes
-
+    async def _start_proxy(self, nursery: trio.Nursery, svc: Services) -> str:
         self._modes = ProxyModes(
-            app=app,
-            config=lambda: self.cfg,
-            pool=self.pool,
-            client=self.client,
-            report=self._report,
+            svc=svc,
             default_mode=lambda: self.opts.proxy_route_mode or self.cfg.proxy_mode.route_mode,
         )
         host = self.proxy_host
@@ -246,19 +240,11 @@ class Daemon:
         A leaf and its TLS context cost ~2 ms each; doing them now keeps that
         out of the first request every agent makes to api.openai.com & co.
         """
-        from tokn_router.edges.proxy.modes import BUILTIN_INTERCEPT
-
         for host in BUILTIN_INTERCEPT:
             await trio.to_thread.run_sync(self._certstore.warm, host)
 
     def _connect_upstream(self) -> Any:
         """How tunnels reach non-intercepted hosts: through [proxy] when one is set."""
-        try:
-            from tokn_router.net.tunnels import open_upstream
-        except ImportError:
-            from tokn_router.edges.proxy.listener import open_direct
-
-            return open_direct
         return functools.partial(open_upstream, self.proxy_setting)
 
     def _proxy_help(self) -> str:
@@ -271,9 +257,6 @@ class Daemon:
         )
 
     async def _start_api(self, nursery: trio.Nursery, app: Any) -> str:
-        from hypercorn.config import Config as HConfig
-        from hypercorn.trio import serve
-
         hcfg = HConfig()
         host = self.host
         hcfg.bind = [f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"]
@@ -290,7 +273,9 @@ class Daemon:
 
         async def run_api(task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
             try:
-                await serve(app, hcfg, shutdown_trigger=self.shutdown.wait, task_status=task_status)
+                await hypercorn_trio.serve(
+                    app, hcfg, shutdown_trigger=self.shutdown.wait, task_status=task_status
+                )
             finally:
                 self._api_done.set()
 
@@ -420,9 +405,9 @@ class Daemon:
 
     # ---------------------------------------------------------------- usage
 
-    def _report(self, rlog: RequestLog) -> None:
+    def _report(self, record: RequestRecord) -> None:
         if self._ledger is not None:
-            self._ledger.submit(rlog.to_record())
+            self._ledger.submit(record)
 
     def _health_extra(self) -> dict[str, Any]:
         if self._ledger is None:

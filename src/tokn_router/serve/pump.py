@@ -3,11 +3,12 @@
 The upstream body is read by a *pump* task owned by the daemon's nursery and
 handed over through a small memory channel. That indirection buys three things:
 
-- **Disconnects are noticed during upstream silence.** hypercorn only learns
-  that an HTTP/1.1 client went away when a write fails, so while a reasoning
-  model is silent the relay sends an SSE comment (``: keep-alive``) every
-  ``keepalive`` seconds; the failing write cancels the request, and the pump's
-  cancel scope closes the upstream connection at once.
+- **Disconnects are noticed during upstream silence.** A front end (hypercorn,
+  the MITM proxy) only learns that an HTTP/1.1 client went away when a write
+  fails, so while a reasoning model is silent the relay sends an SSE comment
+  (``: keep-alive``) every ``keepalive`` seconds; the failing write cancels the
+  request or closes this body, and the pump's cancel scope closes the upstream
+  connection at once.
 - **Coalescing.** Everything already received is forwarded in one write, so a
   relay that falls behind under load catches up instead of queueing one write
   per event; nothing is ever held back to wait for more.
@@ -19,13 +20,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
-from typing import Any, Protocol
+from collections.abc import AsyncGenerator, Callable
+from typing import Any
 
 import httpx2 as httpx
 import trio
 
-from tokn_router.serve.relay import RequestLog
+from tokn_router.serve.call import StreamBody
+from tokn_router.usage.inflight import RequestLog
+from tokn_router.wire.transforms import StreamTransform
 
 log = logging.getLogger("tokn_router.api")
 
@@ -33,24 +36,7 @@ KEEPALIVE = b": keep-alive\n\n"
 Spawn = Callable[[Callable[[], Any]], None]
 
 
-class StreamTransform(Protocol):
-    """Turns upstream body bytes into client bytes (sans-I/O)."""
-
-    @property
-    def first_content(self) -> bool:
-        """True once content (not just preamble) went through: time to first token."""
-        ...
-
-    def feed(self, data: bytes) -> bytes: ...
-
-    def flush(self) -> bytes: ...
-
-    def fail(self, message: str) -> bytes:
-        """Bytes that tell the client the stream broke (an error event)."""
-        ...
-
-
-async def relay_stream(
+def relay_stream(
     spawn: Spawn,
     resp: httpx.Response,
     transform: StreamTransform,
@@ -58,8 +44,28 @@ async def relay_stream(
     *,
     keepalive: float,
     on_done: Callable[[], None],
-) -> AsyncIterator[bytes]:
+) -> StreamBody:
     """The client body of a streamed response; ``on_done`` runs exactly once at the end."""
+
+    async def unstarted() -> None:
+        with trio.CancelScope(shield=True):
+            await resp.aclose()
+        rlog.error = rlog.error or "client disconnected"
+        on_done()
+
+    body = _relay(spawn, resp, transform, rlog, keepalive=keepalive, on_done=on_done)
+    return StreamBody(body, unstarted)
+
+
+async def _relay(
+    spawn: Spawn,
+    resp: httpx.Response,
+    transform: StreamTransform,
+    rlog: RequestLog,
+    *,
+    keepalive: float,
+    on_done: Callable[[], None],
+) -> AsyncGenerator[bytes, None]:
     send, recv = trio.open_memory_channel[bytes](64)
     pump_scope = trio.CancelScope()  # cancelled when the body ends
     tick_scope = trio.CancelScope()
@@ -138,7 +144,8 @@ async def relay_stream(
             tail += transform.fail(rlog.error)
         if tail:
             yield tail
-    except trio.Cancelled:
+    except (trio.Cancelled, GeneratorExit):
+        # cancelled (hypercorn) or closed before its end (the proxy): the client left
         log.debug("cancelled %s", rlog.request_id)
         rlog.error = rlog.error or "client disconnected"
         raise

@@ -1,26 +1,21 @@
-"""The request path shared by every listener: route → account → upstream.
+"""The request path shared by every front end: route → account → upstream.
 
-:meth:`Relay.open` picks accounts for a model and sends the request upstream,
-failing over before the first byte is sent to the client (SPEC §8):
+:meth:`Relay.route` resolves a client model id to the accounts that serve it;
+:meth:`Relay.open` sends the request to the first one that accepts, failing
+over before the first byte is sent to the client. What each upstream status
+means for the account (relay, refresh once, cool down) is the pure table in
+:mod:`tokn_router.serve.policy`; a token refresh is single-flight per account.
 
-- 401/403 on a refreshable account: one single-flight token refresh, retry
-  the same account once, then cool it down and move on;
-- 402/429: cool down for ``Retry-After`` (seconds or HTTP date), else the
-  exponential back-off; 5xx, connect errors and timeouts: cool down;
-- other 4xx: the client's fault, returned to be relayed as is.
-
-The caller then relays the opened response and reports a :class:`RequestLog`
-to the ledger.
+The caller then relays the opened response and closes the request's
+:class:`~tokn_router.usage.inflight.RequestLog`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import httpx2 as httpx
 import trio
@@ -28,92 +23,13 @@ import trio
 from tokn_router.accounts import providers
 from tokn_router.accounts.pool import AccountState, Pool, parse_retry_after
 from tokn_router.accounts.refresher import Refresher
-from tokn_router.usage.record import Attempt, RequestRecord
+from tokn_router.errors import RequestError
+from tokn_router.serve.policy import Action, decide
+from tokn_router.usage.inflight import RequestLog
 from tokn_router.wire.errors import upstream_error_text
-from tokn_router.wire.sse import Usage
+from tokn_router.wire.translate.models import closest_ids
 
 log = logging.getLogger("tokn_router.relay")
-
-
-class ApiError(Exception):
-    """A request that ends with an error answer (OpenAI shape unless the API says otherwise)."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        code: str | None = None,
-        param: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
-        self.param = param
-        self.headers = headers or {}
-
-
-@dataclass(slots=True)
-class RequestLog:
-    """Everything the ledger records about one request, filled as it progresses."""
-
-    endpoint: str
-    source: str = "api"
-    route_mode: str = "route"
-    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    started: float = field(default_factory=time.monotonic)
-    started_at_ms: int = field(default_factory=lambda: int(time.time() * 1000))
-    model: str = ""
-    upstream_model: str | None = None
-    account_id: str | None = None
-    provider_id: str | None = None
-    initiator: str | None = None
-    stream: bool = False
-    status: int = 0
-    error: str | None = None
-    usage: Usage | None = None
-    ttft_ms: float | None = None
-    latency_ms: float | None = None
-    attempts: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_record(self) -> RequestRecord:
-        u = self.usage
-        return RequestRecord(
-            ts=self.started_at_ms // 1000,
-            started_at_ms=self.started_at_ms,
-            request_id=self.request_id,
-            endpoint=self.endpoint,
-            model=self.model or "",
-            account_id=self.account_id,
-            provider_id=self.provider_id,
-            upstream_model=self.upstream_model,
-            initiator=self.initiator,
-            stream=self.stream,
-            route_mode=self.route_mode,
-            source=self.source,  # type: ignore[arg-type]
-            status=self.status,
-            error=self.error,
-            input_tokens=u.prompt_tokens if u else None,
-            output_tokens=u.completion_tokens if u else None,
-            cached_tokens=u.cached_tokens if u else None,
-            reasoning_tokens=u.reasoning_tokens if u else None,
-            latency_ms=self.latency_ms,
-            ttft_ms=self.ttft_ms,
-            attempts=[
-                Attempt(account_id=a["account_id"], status=a.get("status", 0), error=a.get("error"))
-                for a in self.attempts
-            ],
-        )
-
-    def mark_first_token(self) -> None:
-        if self.ttft_ms is None:
-            self.ttft_ms = round((time.monotonic() - self.started) * 1000, 2)
-
-    def finish(self) -> None:
-        if self.latency_ms is None:
-            self.latency_ms = round((time.monotonic() - self.started) * 1000, 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,9 +69,9 @@ class Relay:
         aliases: dict[str, str],
         resolve: Callable[[str, set[str]], str | None] | None = None,
     ) -> Route:
-        """Resolve a client model id to candidates, or raise 404/503 ApiError."""
+        """Resolve a client model id to candidates, or raise 404/503 RequestError."""
         if not self.pool.states:
-            raise ApiError(
+            raise RequestError(
                 503,
                 "no account is configured: add one with `tokn-router login` "
                 "(or `tokn-router import`) and the daemon picks it up",
@@ -170,7 +86,7 @@ class Relay:
         if account_id is not None:
             st = self.pool.find(account_id)
             if st is None:
-                raise ApiError(
+                raise RequestError(
                     400,
                     f"X-Tokn-Account names an unknown account '{account_id}'",
                     code="unknown_account",
@@ -199,13 +115,11 @@ class Relay:
                 n.start_soon(self.refresher.fetch_models, st)
         return any(s.models for s in pending)
 
-    def _unknown_model(self, requested: str, account_id: str | None) -> ApiError:
-        from tokn_router.wire.translate.models import closest_ids
-
+    def _unknown_model(self, requested: str, account_id: str | None) -> RequestError:
         close = closest_ids(requested.split("/")[-1], self.pool.known_models())
         where = f" on account '{account_id}'" if account_id else ""
         hint = f"; closest: {', '.join(close)}" if close else ""
-        return ApiError(
+        return RequestError(
             404,
             f"model '{requested}' is not served by any configured account{where}{hint}",
             code="model_not_found",
@@ -237,7 +151,7 @@ class Relay:
                 last_error = reasons[0]
         else:
             msg = f"all {len(tried)} account(s) failed"
-        raise ApiError(
+        raise RequestError(
             503,
             f"{msg}; last upstream error: {last_error}",
             code="all_accounts_unavailable",
@@ -285,14 +199,10 @@ class Relay:
                 self.pool.cool_down(st, None, reason)
                 return None, reason
             status = resp.status_code
-            if status < 400:
+            decision = decide(status, can_refresh=st.provider.needs_refresh() and not refreshed)
+            if decision.action is Action.ANSWER:
                 self.pool.succeeded(st)
-                rlog.attempts.append({"account_id": st.id, "status": status})
-                return Opened(st, resp), ""
-            if status in (400, 404, 413, 422) or (
-                400 <= status < 500 and status not in (401, 402, 403, 408, 429)
-            ):
-                # the request's fault, not the account's: relay it untouched
+            if decision.action in (Action.ANSWER, Action.RELAY):
                 rlog.attempts.append({"account_id": st.id, "status": status})
                 return Opened(st, resp), ""
             try:
@@ -304,13 +214,14 @@ class Relay:
                     await resp.aclose()
             reason = upstream_error_text(status, err_body, resp.headers.get("content-type", ""))
             rlog.attempts.append({"account_id": st.id, "status": status, "error": reason})
-            if status in (401, 403) and st.provider.needs_refresh() and not refreshed:
+            if decision.action is Action.REFRESH:
                 refreshed = True
                 log.info("account %s: upstream %s, refreshing the token once", st.id, status)
                 if await self.refresher.refresh(st, seen_generation=gen):
                     continue
-            retry_after = parse_retry_after(resp.headers.get("retry-after"))
-            if status not in (402, 429):
-                retry_after = retry_after if status == 503 else None
+                decision = decide(status, can_refresh=False)
+            retry_after = None
+            if decision.honour_retry_after:
+                retry_after = parse_retry_after(resp.headers.get("retry-after"))
             self.pool.cool_down(st, retry_after, reason)
             return None, reason

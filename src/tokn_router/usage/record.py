@@ -30,7 +30,9 @@ class RequestRecord(msgspec.Struct, kw_only=True):
 
     Token counts are the upstream's own usage (for streams, from the usage
     chunk); None means the upstream did not report it. ``input_tokens`` counts
-    every prompt token, cached ones included (``cached_tokens`` is a part of it).
+    every prompt token the model processed, cached ones included: ``cached_tokens``
+    (read from the prompt cache) and ``cache_write_tokens`` (written to it) are parts
+    of it, whatever the API (see :mod:`tokn_router.wire.usage`).
     """
 
     ts: int  # unix seconds when the request started (the original tool's column)
@@ -50,6 +52,7 @@ class RequestRecord(msgspec.Struct, kw_only=True):
     input_tokens: int | None = None
     output_tokens: int | None = None
     cached_tokens: int | None = None
+    cache_write_tokens: int | None = None
     reasoning_tokens: int | None = None
     latency_ms: float | None = None  # start to the last byte sent
     ttft_ms: float | None = None  # start to the first byte sent
@@ -115,12 +118,16 @@ def to_row(r: RequestRecord, ver: str = __version__) -> Row:
         "route_mode": r.route_mode,
         "source": r.source,
     }
-    usage = {
+    usage: dict[str, int | None] = {
         "input": r.input_tokens,
         "output": r.output_tokens,
         "cache_read": r.cached_tokens,
         "reasoning": r.reasoning_tokens,
     }
+    if r.cache_write_tokens is not None:
+        # only when known: the JSON column takes the new key without a schema
+        # change, and rows of APIs without a prompt-cache write keep their shape
+        usage["cache_write"] = r.cache_write_tokens
     ctx: dict[str, Any] = dict(r.extra) if r.extra else {}
     ctx.update(
         started_at_ms=r.started_at_ms,

@@ -1,10 +1,27 @@
-"""OpenAI-shaped error bodies: ``{"error": {"message", "type", "param", "code"}}``."""
+"""Error bodies of the two client API shapes, and upstream errors as one line.
+
+One status → ``type`` table per API:
+
+- OpenAI shape ``{"error": {"message", "type", "param", "code"}}`` (chat
+  completions, Responses, embeddings, models);
+- Anthropic shape ``{"type": "error", "error": {"type", "message"}}`` (Messages).
+
+A 502 is ``upstream_error`` in the OpenAI shape: it is what the chat endpoint has
+always answered, it names who failed, and OpenAI clients branch on the status,
+not on the type. The Anthropic shape only has its documented types, so a 502
+there is ``api_error`` (the SDKs map unknown types to a generic error).
+"""
 
 from __future__ import annotations
 
+import re
+from typing import Any, Literal
+
 import msgspec
 
-_TYPES = {
+Shape = Literal["openai", "anthropic"]
+
+_OPENAI_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     403: "permission_error",
@@ -20,7 +37,56 @@ _TYPES = {
     504: "timeout_error",
 }
 
+# Anthropic's documented error types by status.
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "overloaded_error",  # no usable account: Anthropic's "try again later"
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
 _encode = msgspec.json.encode
+
+
+def _fallback(status: int) -> str:
+    return "api_error" if status >= 500 else "invalid_request_error"
+
+
+def openai_error_type(status: int) -> str:
+    return _OPENAI_TYPES.get(status) or _fallback(status)
+
+
+def anthropic_error_type(status: int) -> str:
+    return _ANTHROPIC_TYPES.get(status) or _fallback(status)
+
+
+def openai_error(
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    type_: str | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """``(status, body)`` in the OpenAI shape."""
+    t = type_ or openai_error_type(status)
+    return status, {"error": {"message": message, "type": t, "param": param, "code": code}}
+
+
+def anthropic_error(status: int, message: str) -> tuple[int, dict[str, Any]]:
+    """``(status, body)`` in the Messages API error shape."""
+    return status, {
+        "type": "error",
+        "error": {"type": anthropic_error_type(status), "message": message},
+    }
 
 
 def error_body(
@@ -31,16 +97,27 @@ def error_body(
     param: str | None = None,
     type_: str | None = None,
 ) -> bytes:
-    return _encode(
-        {
-            "error": {
-                "message": message,
-                "type": type_
-                or _TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error"),
-                "param": param,
-                "code": code,
-            }
-        }
+    """An encoded OpenAI-shape error body."""
+    return _encode(openai_error(status, message, param=param, code=code, type_=type_)[1])
+
+
+def shaped_error_body(
+    shape: Shape, status: int, message: str, *, code: str | None = None, param: str | None = None
+) -> bytes:
+    """An encoded error body in ``shape`` (the Anthropic shape has no code or param)."""
+    if shape == "anthropic":
+        return _encode(anthropic_error(status, message)[1])
+    return error_body(status, message, code=code, param=param)
+
+
+def is_anthropic_error(data: bytes) -> bool:
+    """Whether ``data`` already is a Messages API error body."""
+    try:
+        obj = msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        return False
+    return (
+        isinstance(obj, dict) and obj.get("type") == "error" and isinstance(obj.get("error"), dict)
     )
 
 
@@ -71,14 +148,16 @@ def wrap_upstream_error(status: int, body: bytes, content_type: str) -> bytes:
     text = " ".join(text.split())[:500] or f"HTTP {status}"
     hint = hint_for(status, body, content_type)
     message = f"upstream error {status}: {text}" + (f" (hint: {hint})" if hint else "")
-    return error_body(status, message, code="upstream_error", type_=_TYPES.get(status))
+    return error_body(status, message, code="upstream_error", type_=_OPENAI_TYPES.get(status))
+
+
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.I | re.S)
+_TAG = re.compile(r"<[^>]+>")
 
 
 def _strip_html(text: str) -> str:
-    import re
-
-    title = re.search(r"<title[^>]*>(.*?)</title>", text, re.I | re.S)
-    stripped = re.sub(r"<[^>]+>", " ", text)
+    title = _TITLE.search(text)
+    stripped = _TAG.sub(" ", text)
     if title:
         return title.group(1).strip() + " - " + " ".join(stripped.split())[:200]
     return stripped
@@ -107,3 +186,24 @@ def upstream_error_text(status: int, body: bytes, content_type: str) -> str:
     text = " ".join(text.split())[:300]
     hint = hint_for(status, body, content_type)
     return f"{status}: {text}" + (f" (hint: {hint})" if hint else "")
+
+
+def upstream_message(status: int, body: bytes, content_type: str) -> str:
+    """The upstream error's message without the status prefix (hints kept)."""
+    return upstream_error_text(status, body, content_type).removeprefix(f"{status}: ")
+
+
+__all__ = [
+    "Shape",
+    "anthropic_error",
+    "anthropic_error_type",
+    "error_body",
+    "hint_for",
+    "is_anthropic_error",
+    "openai_error",
+    "openai_error_type",
+    "shaped_error_body",
+    "upstream_error_text",
+    "upstream_message",
+    "wrap_upstream_error",
+]

@@ -1,86 +1,143 @@
-"""Reading token usage out of an answer we only relay (MITM passthrough/switch).
+"""The one usage normaliser: every API's ``usage`` object → :class:`TokenUsage`.
 
-Knows the three usage shapes our clients meet: Chat Completions
-(``prompt_tokens``…), Responses (``input_tokens`` + details, inside
-``response`` on stream events) and Anthropic Messages (``input_tokens``
-excluding cached + ``cache_read_input_tokens``; output in ``message_delta``).
-Everything is normalised to :class:`tokn_router.wire.sse.Usage` (prompt tokens
-include cached ones). Best effort: an answer it cannot read has no usage.
+Our clients meet three usage shapes:
+
+- Chat Completions: ``prompt_tokens`` (cached ones included) with
+  ``prompt_tokens_details.cached_tokens``, ``completion_tokens`` with
+  ``completion_tokens_details.reasoning_tokens``;
+- Responses: the same numbers as ``input_tokens`` / ``output_tokens`` and
+  ``input_tokens_details`` / ``output_tokens_details``;
+- Anthropic Messages: ``input_tokens`` counts only the prompt tokens that were
+  neither read from nor written to the prompt cache; ``cache_read_input_tokens``
+  and ``cache_creation_input_tokens`` hold the others. Streams split it:
+  ``message_start`` carries the input side, ``message_delta`` the output (newer
+  upstreams repeat the input side there).
+
+The ledger's reading is the same for all three: ``input`` is every prompt token
+the model processed, cached ones included, so that input totals compare across
+APIs and providers; ``cache_read`` and ``cache_write`` say which part of it came
+from or went into the prompt cache. For Anthropic usage ``{input_tokens 10,
+cache_read_input_tokens 100, cache_creation_input_tokens 1000}`` that is
+``input 1110, cache_read 100, cache_write 1000``.
+
+:class:`UsageSniffer` reads usage out of an answer we only relay (the MITM
+proxy's passthrough and switch modes); the agent handlers call the per-API
+functions directly. Best effort: an answer that cannot be read has no usage.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
 
-from tokn_router.wire.sse import EventScanner, Usage, _CompletionDetails, _PromptDetails
+from tokn_router.wire.sse import EventScanner, Usage
 
 _MAX_JSON = 16 * 1024 * 1024
 
 
-def usage_from(obj: Any) -> Usage | None:
-    """Normalise one ``usage`` object of any of the three APIs."""
-    if not isinstance(obj, dict):
+class TokenUsage(msgspec.Struct, frozen=True, kw_only=True):
+    """Token counts as the ledger stores them; None means upstream did not say."""
+
+    input: int | None = None  # every prompt token, cached (read or written) included
+    output: int | None = None
+    cache_read: int | None = None  # part of input read from the prompt cache
+    cache_write: int | None = None  # part of input written to the prompt cache
+    reasoning: int | None = None  # part of output spent on reasoning
+
+
+def _int(v: Any) -> int | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
         return None
+    return int(v)
 
-    def num(key: str, src: dict[str, Any] = obj) -> int | None:
-        v = src.get(key)
-        return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
-    if "prompt_tokens" in obj or "completion_tokens" in obj:
-        ptd = obj.get("prompt_tokens_details") or {}
-        ctd = obj.get("completion_tokens_details") or {}
-        return Usage(
-            prompt_tokens=num("prompt_tokens"),
-            completion_tokens=num("completion_tokens"),
-            total_tokens=num("total_tokens"),
-            prompt_tokens_details=_PromptDetails(num("cached_tokens", ptd))
-            if isinstance(ptd, dict)
-            else None,
-            completion_tokens_details=_CompletionDetails(num("reasoning_tokens", ctd))
-            if isinstance(ctd, dict)
-            else None,
-        )
-    if "cache_read_input_tokens" in obj or "cache_creation_input_tokens" in obj:
-        # Anthropic: input_tokens excludes cached tokens
-        cached = num("cache_read_input_tokens") or 0
-        inp = num("input_tokens")
-        return Usage(
-            prompt_tokens=(inp or 0) + cached if inp is not None or cached else None,
-            completion_tokens=num("output_tokens"),
-            prompt_tokens_details=_PromptDetails(cached),
-        )
-    if "input_tokens" in obj or "output_tokens" in obj:
-        itd = obj.get("input_tokens_details") or {}
-        otd = obj.get("output_tokens_details") or {}
-        return Usage(
-            prompt_tokens=num("input_tokens"),
-            completion_tokens=num("output_tokens"),
-            total_tokens=num("total_tokens"),
-            prompt_tokens_details=_PromptDetails(num("cached_tokens", itd))
-            if isinstance(itd, dict)
-            else None,
-            completion_tokens_details=_CompletionDetails(num("reasoning_tokens", otd))
-            if isinstance(otd, dict)
-            else None,
-        )
+def _detail(obj: Mapping[str, Any], holder: str, key: str) -> int | None:
+    d = obj.get(holder)
+    return _int(d.get(key)) if isinstance(d, Mapping) else None
+
+
+def anthropic_usage(u: Any) -> TokenUsage | None:
+    """Messages usage: ``input_tokens`` excludes cache reads and cache writes."""
+    if not isinstance(u, Mapping):
+        return None
+    inp = _int(u.get("input_tokens"))
+    read = _int(u.get("cache_read_input_tokens"))
+    write = _int(u.get("cache_creation_input_tokens"))
+    known = [n for n in (inp, read, write) if n is not None]
+    return TokenUsage(
+        input=sum(known) if known else None,
+        output=_int(u.get("output_tokens")),
+        cache_read=read,
+        cache_write=write,
+    )
+
+
+def responses_usage(u: Any) -> TokenUsage | None:
+    """Responses usage: ``input_tokens`` already includes the cached ones."""
+    if not isinstance(u, Mapping):
+        return None
+    return TokenUsage(
+        input=_int(u.get("input_tokens")),
+        output=_int(u.get("output_tokens")),
+        cache_read=_detail(u, "input_tokens_details", "cached_tokens"),
+        reasoning=_detail(u, "output_tokens_details", "reasoning_tokens"),
+    )
+
+
+def chat_usage(u: Any) -> TokenUsage | None:
+    """Chat-completions usage as decoded JSON: ``prompt_tokens`` includes cached ones."""
+    if not isinstance(u, Mapping):
+        return None
+    return TokenUsage(
+        input=_int(u.get("prompt_tokens")),
+        output=_int(u.get("completion_tokens")),
+        cache_read=_detail(u, "prompt_tokens_details", "cached_tokens"),
+        reasoning=_detail(u, "completion_tokens_details", "reasoning_tokens"),
+    )
+
+
+def from_chat(u: Usage | None) -> TokenUsage | None:
+    """Chat-completions usage as :mod:`tokn_router.wire.sse` decodes it."""
+    if u is None:
+        return None
+    return TokenUsage(
+        input=u.prompt_tokens,
+        output=u.completion_tokens,
+        cache_read=u.cached_tokens,
+        reasoning=u.reasoning_tokens,
+    )
+
+
+def usage_from(u: Any) -> TokenUsage | None:
+    """Normalise one ``usage`` object of any of the three APIs (told apart by its keys)."""
+    if not isinstance(u, Mapping):
+        return None
+    if "prompt_tokens" in u or "completion_tokens" in u:
+        return chat_usage(u)
+    if "cache_read_input_tokens" in u or "cache_creation_input_tokens" in u:
+        return anthropic_usage(u)
+    if "input_tokens" in u or "output_tokens" in u:
+        # Responses, or Anthropic without cache fields: the two readings agree then
+        return responses_usage(u)
     return None
 
 
-def _merge(old: Usage | None, new: Usage) -> Usage:
-    """Anthropic streams split usage: input in message_start, output in message_delta."""
-    if old is None:
-        return new
-    return Usage(
-        prompt_tokens=new.prompt_tokens if new.prompt_tokens is not None else old.prompt_tokens,
-        completion_tokens=new.completion_tokens
-        if new.completion_tokens is not None
-        else old.completion_tokens,
-        total_tokens=new.total_tokens if new.total_tokens is not None else old.total_tokens,
-        prompt_tokens_details=new.prompt_tokens_details or old.prompt_tokens_details,
-        completion_tokens_details=new.completion_tokens_details or old.completion_tokens_details,
-    )
+class UsageMerger:
+    """Usage reported in parts (Anthropic streams): later non-null fields win."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self) -> None:
+        self._raw: dict[str, Any] = {}
+
+    def add(self, u: Any) -> None:
+        if isinstance(u, Mapping):
+            self._raw.update({k: v for k, v in u.items() if v is not None})
+
+    def usage(self) -> TokenUsage | None:
+        return usage_from(self._raw) if self._raw else None
 
 
 class UsageSniffer:
@@ -91,7 +148,7 @@ class UsageSniffer:
         self.json = "json" in content_type.lower()
         self._scanner = EventScanner() if self.sse else None
         self._body = bytearray()
-        self.usage: Usage | None = None
+        self._usage = UsageMerger()
         self.model: str | None = None
 
     def feed(self, data: bytes) -> None:
@@ -101,13 +158,13 @@ class UsageSniffer:
         elif self.json and len(self._body) < _MAX_JSON:
             self._body += data
 
-    def finish(self) -> tuple[Usage | None, str | None]:
+    def finish(self) -> tuple[TokenUsage | None, str | None]:
         if self._scanner is not None:
             for _, payload in self._scanner.flush():
                 self._event(payload)
         elif self._body:
             self._object(bytes(self._body))
-        return self.usage, self.model
+        return self._usage.usage(), self.model
 
     def _event(self, payload: bytes) -> None:
         if payload == b"[DONE]":
@@ -130,6 +187,17 @@ class UsageSniffer:
         model = holder.get("model")
         if isinstance(model, str) and model and not self.model:
             self.model = model
-        found = usage_from(holder.get("usage")) or usage_from(obj.get("usage"))
-        if found is not None:
-            self.usage = _merge(self.usage, found)
+        u = holder.get("usage")
+        self._usage.add(u if isinstance(u, dict) else obj.get("usage"))
+
+
+__all__ = [
+    "TokenUsage",
+    "UsageMerger",
+    "UsageSniffer",
+    "anthropic_usage",
+    "chat_usage",
+    "from_chat",
+    "responses_usage",
+    "usage_from",
+]

@@ -1,11 +1,12 @@
-"""What the MITM proxy does with an intercepted request (SPEC 10).
+"""What the MITM proxy does with an intercepted request.
 
 - ``route``: chat completions, models and the agent APIs are answered by the
-  account pool exactly as on the API listener — the request is handed to the
-  same ASGI app in-process (the client's own credentials are dropped there);
-  any other path goes to the original host untouched.
+  account pool exactly as on the API listener: the request becomes a
+  :class:`~tokn_router.serve.call.Call` (minus the client's own credentials)
+  for the same handler, and its :class:`~tokn_router.serve.call.Answer` is
+  written back here; any other path goes to the original host untouched.
 - ``passthrough``: forwarded to the original host unchanged, with the client's
-  own credentials; only recorded in the ledger.
+  own credentials; only recorded in the ledger (:mod:`tokn_router.serve.forward`).
 - ``switch``: forwarded to the original host with the client's credentials
   swapped for a pooled account of the host's provider (400 when there is none).
 
@@ -16,23 +17,18 @@ for the host's provider, then the listener's default.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import time
 from collections.abc import Callable
-from typing import Any
 
-import httpx2 as httpx
-import msgspec
 import trio
 
-from tokn_router.accounts.config import Config, ProxyModeConfig
-from tokn_router.accounts.pool import AccountState, Pool
-from tokn_router.accounts.providers.base import RequestInfo
+from tokn_router.accounts.config import ProxyModeConfig
 from tokn_router.edges.proxy.listener import ProxyRequestContext
-from tokn_router.serve.relay import RequestLog
-from tokn_router.wire.errors import error_body
-from tokn_router.wire.initiator import classify_chat, has_image, resolve_initiator
-from tokn_router.wire.usage import UsageSniffer
+from tokn_router.serve.call import Answer, Call, Headers
+from tokn_router.serve.common import Services
+from tokn_router.serve.forward import CLIENT_CREDENTIALS, forward, pick_account, refuse
+from tokn_router.serve.routes import find_endpoint, serve_endpoint
 
 log = logging.getLogger("tokn_router.proxy")
 
@@ -68,24 +64,6 @@ SWITCH_PROVIDERS = {
     "zai": ("zai-coding-plan", "zai"),
     "zhipuai": ("zhipuai-coding-plan", "zhipuai"),
 }
-
-_HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authorization",
-        "proxy-authenticate",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-        "x-route-mode",
-    }
-)
-_CLIENT_CREDENTIALS = frozenset({"authorization", "x-api-key", "api-key"})
 
 # endpoint suffix → the API listener's path serving it
 _API_PATHS = (
@@ -148,21 +126,8 @@ def _host_port(entry: str) -> tuple[str, int]:
 class ProxyModes:
     """The route-mode handler given to :func:`tokn_router.edges.proxy.listener.serve_proxy`."""
 
-    def __init__(
-        self,
-        *,
-        app: Any,  # the API's ASGI app (route mode is served by it)
-        config: Callable[[], Config],
-        pool: Pool,
-        client: httpx.AsyncClient,
-        report: Callable[[RequestLog], None],
-        default_mode: Callable[[], str],
-    ) -> None:
-        self.app = app
-        self.config = config
-        self.pool = pool
-        self.client = client
-        self.report = report
+    def __init__(self, *, svc: Services, default_mode: Callable[[], str]) -> None:
+        self.svc = svc
         self.default_mode = default_mode
         self.active = 0
         self.idle = trio.Event()
@@ -173,7 +138,7 @@ class ProxyModes:
         if override:
             return override.strip().lower()
         key = provider_key(ctx.host)
-        modes = self.config().proxy_mode.provider_modes
+        modes = self.svc.config().proxy_mode.provider_modes
         if key and key in modes:
             return modes[key]
         return self.default_mode()
@@ -182,221 +147,73 @@ class ProxyModes:
         self.active += 1
         self.idle = trio.Event() if self.active == 1 else self.idle
         try:
-            await self._handle(ctx)
+            await write_answer(ctx, await self._answer(ctx))
         finally:
             self.active -= 1
             if self.active == 0:
                 self.idle.set()
 
-    async def _handle(self, ctx: ProxyRequestContext) -> None:
+    async def _answer(self, ctx: ProxyRequestContext) -> Answer:
         mode = self.mode_for(ctx)
         if mode not in ROUTE_MODES:
-            await self._refuse(
-                ctx, mode, f"unknown route mode '{mode}' (route, passthrough, switch)"
-            )
-            return
+            message = f"unknown route mode '{mode}' (route, passthrough, switch)"
+            return refuse(self.svc, _call(ctx, mode), mode, provider_key(ctx.host), message)
         if mode == "route":
             target = api_path(ctx.method, ctx.path)
-            if target is not None:
-                await self._serve_from_pool(ctx, target)
-                return
-            await self._forward(ctx, mode, None)
-            return
-        if mode == "passthrough":
-            await self._forward(ctx, mode, None)
-            return
-        account = self._switch_account(ctx)
-        if account is None:
-            key = provider_key(ctx.host)
-            await self._refuse(
-                ctx,
-                mode,
-                f"switch mode: no pooled account for {ctx.host}"
-                + (f" (provider '{key}')" if key else " (host maps to no provider)"),
-            )
-            return
-        await self._forward(ctx, mode, account)
+            endpoint = find_endpoint(ctx.method, target) if target else None
+            if endpoint is not None:
+                # the pool answers with its own credentials: the client's are dropped
+                call = _call(ctx, mode, drop=CLIENT_CREDENTIALS)
+                return await serve_endpoint(self.svc, endpoint, call)
+            return await self._forward(ctx, mode, switch=False)
+        return await self._forward(ctx, mode, switch=mode == "switch")
 
-    async def _refuse(self, ctx: ProxyRequestContext, mode: str, message: str) -> None:
-        """Answer 400 and still record the request: every intercepted request has a row."""
-        rlog = RequestLog(endpoint=ctx.path.split("?", 1)[0], source="proxy", route_mode=mode)
-        rlog.provider_id = provider_key(ctx.host)
-        rlog.status = 400
-        rlog.error = message
-        rlog.finish()
-        self.report(rlog)
-        await _error(ctx, 400, message)
-
-    def _switch_account(self, ctx: ProxyRequestContext) -> AccountState | None:
+    async def _forward(self, ctx: ProxyRequestContext, mode: str, *, switch: bool) -> Answer:
         key = provider_key(ctx.host)
-        ids = SWITCH_PROVIDERS.get(key or "", ())
-        now = time.time()
-        usable = [
-            s for s in self.pool.states if s.provider.id in ids and s.usable(now) and s.token()
-        ]
-        return self.pool.pick(usable) if usable else None
-
-    # ------------------------------------------------------------- route
-
-    async def _serve_from_pool(self, ctx: ProxyRequestContext, path: str) -> None:
-        """Hand the request to the API app in-process (an ASGI call)."""
-        query = ctx.path.split("?", 1)[1] if "?" in ctx.path else ""
-        headers = [
-            (k.encode("latin-1"), v.encode("latin-1"))
-            for k, v in ctx.headers
-            if k not in _CLIENT_CREDENTIALS
-        ]
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": "1.1",
-            "method": ctx.method,
-            "scheme": ctx.scheme,
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": query.encode("latin-1"),
-            "root_path": "",
-            "headers": headers,
-            "client": ctx.client,
-            "server": (ctx.host, ctx.port),
-            "state": {},
-            "extensions": {"tokn_router": {"route_mode": "route", "host": ctx.host}},
-        }
-        body = ctx.iter_body().__aiter__()
-        body_done = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal body_done
-            if not body_done:
-                try:
-                    chunk = await body.__anext__()
-                    return {"type": "http.request", "body": chunk, "more_body": True}
-                except StopAsyncIteration:
-                    body_done = True
-                    return {"type": "http.request", "body": b"", "more_body": False}
-            # No disconnect event: a vanished client makes the next send fail,
-            # which ends the request.
-            await trio.sleep_forever()
-            raise AssertionError("unreachable")
-
-        async def send(message: dict[str, Any]) -> None:
-            kind = message["type"]
-            if kind == "http.response.start":
-                hdrs = [
-                    (k.decode("latin-1"), v.decode("latin-1"))
-                    for k, v in message.get("headers", [])
-                ]
-                await ctx.start_response(message["status"], hdrs)
-            elif kind == "http.response.body":
-                data = message.get("body", b"")
-                if data:
-                    await ctx.send(data)
-                if not message.get("more_body", False):
-                    await ctx.end_response()
-
-        await self.app(scope, receive, send)
-
-    # ------------------------------------------------- passthrough / switch
-
-    async def _forward(
-        self, ctx: ProxyRequestContext, mode: str, account: AccountState | None
-    ) -> None:
-        cfg = self.config()
-        rlog = RequestLog(endpoint=ctx.path.split("?", 1)[0], source="proxy", route_mode=mode)
-        body = await ctx.read_body(limit=cfg.server.max_body_bytes)
-        parsed = _json_object(body, ctx.header("content-type"))
-        if parsed is not None:
-            model = parsed.get("model")
-            rlog.model = model if isinstance(model, str) else ""
-            rlog.stream = parsed.get("stream") is True
-        rlog.upstream_model = rlog.model or None
-        headers = [(k, v) for k, v in ctx.headers if k not in _HOP_BY_HOP]
-        # ask for an uncompressed answer so usage can be read on the side
-        headers = [(k, v) for k, v in headers if k != "accept-encoding"]
-        headers.append(("accept-encoding", "identity"))
-        if account is not None:
-            headers = self._swap_credentials(headers, account, parsed, rlog)
-            rlog.account_id = account.id
-            rlog.provider_id = account.provider.id
-        else:
-            rlog.provider_id = provider_key(ctx.host)
-        url = ctx.url
-        try:
-            req = self.client.build_request(ctx.method, url, headers=headers, content=body)
-            resp = await self.client.send(req, stream=True)
-        except httpx.HTTPError as e:
-            rlog.status = 502
-            rlog.error = f"cannot reach {ctx.authority}: {type(e).__name__}: {e}"[:500]
-            rlog.finish()
-            self.report(rlog)
-            await _error(ctx, 502, rlog.error)
-            return
-        rlog.status = resp.status_code
-        sniff = UsageSniffer(resp.headers.get("content-type", ""))
-        out_headers = [
-            (k, v)
-            for k, v in resp.headers.multi_items()
-            if k.lower() not in ("connection", "keep-alive", "transfer-encoding")
-        ]
-        try:
-            await ctx.start_response(resp.status_code, out_headers, reason=resp.reason_phrase)
-            async for chunk in resp.aiter_raw():
-                if rlog.ttft_ms is None:
-                    rlog.mark_first_token()
-                sniff.feed(chunk)
-                await ctx.send(chunk)
-            await ctx.end_response()
-        except httpx.HTTPError as e:
-            rlog.error = f"upstream failed mid-answer: {type(e).__name__}: {e}"[:500]
-            raise
-        finally:
-            with trio.CancelScope(shield=True):
-                await resp.aclose()
-            usage, model = sniff.finish()
-            rlog.usage = usage
-            if model:
-                rlog.upstream_model = model
-            if resp.status_code >= 400 and rlog.error is None:
-                rlog.error = f"upstream answered {resp.status_code}"
-            rlog.finish()
-            self.report(rlog)
-
-    def _swap_credentials(
-        self,
-        headers: list[tuple[str, str]],
-        st: AccountState,
-        body: dict[str, Any] | None,
-        rlog: RequestLog,
-    ) -> list[tuple[str, str]]:
-        token = st.token() or ""
-        messages = body.get("messages") if body else None
-        classified = classify_chat(messages)
-        initiator = resolve_initiator(
-            dict(headers).get("x-initiator"), st.account.settings.initiator_mode, classified
+        account = None
+        if switch:
+            account = pick_account(self.svc.pool, SWITCH_PROVIDERS.get(key or "", ()))
+            if account is None:
+                message = f"switch mode: no pooled account for {ctx.host}" + (
+                    f" (provider '{key}')" if key else " (host maps to no provider)"
+                )
+                return refuse(self.svc, _call(ctx, mode), mode, key, message)
+        return await forward(
+            self.svc,
+            _call(ctx, mode),
+            url=ctx.url,
+            authority=ctx.authority,
+            mode=mode,
+            account=account,
+            provider_id=key,
         )
-        rlog.initiator = initiator
-        info = RequestInfo(
-            request_id=rlog.request_id, initiator=initiator, vision=has_image(messages)
-        )
-        ours = st.provider.headers(st.account, token, info)
-        replaced = {k.lower() for k in ours}
-        kept = [(k, v) for k, v in headers if k not in _CLIENT_CREDENTIALS and k not in replaced]
-        return kept + list(ours.items())
 
 
-def _json_object(body: bytes, content_type: str | None) -> dict[str, Any] | None:
-    if not body or (content_type and "json" not in content_type.lower()):
-        return None
-    try:
-        value = msgspec.json.decode(body)
-    except msgspec.DecodeError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-async def _error(ctx: ProxyRequestContext, status: int, message: str) -> None:
-    await ctx.respond(
-        status,
-        [("content-type", "application/json")],
-        error_body(status, message, code="proxy_error"),
+def _call(ctx: ProxyRequestContext, mode: str, *, drop: frozenset[str] = frozenset()) -> Call:
+    path, _, query = ctx.path.partition("?")
+    return Call(
+        method=ctx.method,
+        path=path,
+        query=query,
+        headers=Headers((k, v) for k, v in ctx.headers if k not in drop),
+        body=ctx.iter_body,
+        source="proxy",
+        route_mode=mode,
+        client=ctx.client,
     )
+
+
+async def write_answer(ctx: ProxyRequestContext, answer: Answer) -> None:
+    """Send ``answer`` on the proxy connection; a streamed body chunk by chunk as produced."""
+    body = answer.body
+    if isinstance(body, bytes):
+        await ctx.respond(answer.status, answer.headers, body)
+        return
+    # closing the body when the client is gone ends the upstream request and
+    # closes the ledger row at once
+    async with contextlib.aclosing(body) as chunks:
+        await ctx.start_response(answer.status, answer.headers, reason=answer.reason)
+        async for chunk in chunks:
+            if chunk:
+                await ctx.send(chunk)
+    await ctx.end_response()
