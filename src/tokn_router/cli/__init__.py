@@ -43,6 +43,7 @@ from tokn_router.cli import keys_cmd as _keys_cmd  # noqa: E402,F401
 from tokn_router.cli import login as _login  # noqa: E402,F401
 from tokn_router.cli import proxy_cmd as _proxy_cmd  # noqa: E402,F401
 from tokn_router.cli import serve as _serve  # noqa: E402,F401
+from tokn_router.cli import service_cmd as _service_cmd  # noqa: E402,F401
 from tokn_router.cli import usage_cmd as _usage_cmd  # noqa: E402,F401
 
 
