@@ -39,9 +39,11 @@ app = App(
 # Command modules register themselves on import. Later features add theirs here.
 from tokn_router.cli import accounts as _accounts  # noqa: E402,F401
 from tokn_router.cli import config_cmd as _config_cmd  # noqa: E402,F401
+from tokn_router.cli import keys_cmd as _keys_cmd  # noqa: E402,F401
 from tokn_router.cli import login as _login  # noqa: E402,F401
 from tokn_router.cli import proxy_cmd as _proxy_cmd  # noqa: E402,F401
 from tokn_router.cli import serve as _serve  # noqa: E402,F401
+from tokn_router.cli import service_cmd as _service_cmd  # noqa: E402,F401
 from tokn_router.cli import usage_cmd as _usage_cmd  # noqa: E402,F401
 
 
