@@ -175,6 +175,30 @@ def http_get_status(port: int, path: str, timeout: float = 2.0) -> int:
         return 0
 
 
+def http_get_json(port: int, path: str, timeout: float = 2.0) -> Any:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode()
+        )
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return json.loads(data.split(b"\r\n\r\n", 1)[1])
+
+
+def check_account(port: int, err_log: Path) -> None:
+    """The token exchange and the model fetch really worked (over TLS, for the TLS fake).
+
+    ``/v1/models`` answers 200 from the static list even when the exchange failed,
+    so the start-up figure alone would not tell.
+    """
+    health = http_get_json(port, "/health")
+    accounts = health.get("accounts") or [{}]
+    if accounts[0].get("state") != "healthy" or accounts[0].get("last_error"):
+        err = err_log.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"the bench account is not healthy: {accounts[0]}\nstderr:\n{err}")
+
+
 @dataclass
 class Daemon:
     proc: subprocess.Popen[bytes]
@@ -238,6 +262,7 @@ def start_daemon(
             )
         time.sleep(0.002)
     startup = time.perf_counter() - t0
+    check_account(port, home / "daemon-stderr.log")
     d = Daemon(p, p.pid, port, startup)
     if with_proxy:  # the banner printed these before "listening on"
         d.proxy_port = int(
