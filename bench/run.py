@@ -181,9 +181,20 @@ def http_get_json(port: int, path: str, timeout: float = 2.0) -> Any:
             f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode()
         )
         data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    return json.loads(data.split(b"\r\n\r\n", 1)[1])
+        while b"\r\n\r\n" not in data:
+            data += s.recv(65536)
+        head, body = data.split(b"\r\n\r\n", 1)
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        while len(body) < length:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+    return json.loads(body)
 
 
 def check_account(port: int, err_log: Path) -> None:
@@ -192,7 +203,7 @@ def check_account(port: int, err_log: Path) -> None:
     ``/v1/models`` answers 200 from the static list even when the exchange failed,
     so the start-up figure alone would not tell.
     """
-    health = http_get_json(port, "/health")
+    health = http_get_json(port, "/healthz")
     accounts = health.get("accounts") or [{}]
     if accounts[0].get("state") != "healthy" or accounts[0].get("last_error"):
         err = err_log.read_text(errors="replace")[-3000:]
