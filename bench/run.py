@@ -321,8 +321,8 @@ class Endpoint:
 
     port: int  # the API port (the fake's for DIRECT)
     path: str
-    daemon: Daemon | None = None  # profiled with --profile
-    pid: int | None = None  # whose CPU and RSS are measured (daemon or floor)
+    daemon: Daemon | None = None
+    pid: int | None = None  # whose CPU and RSS are measured (and profiled): daemon or floor
     proxy_port: int | None = None  # through the MITM proxy: CONNECT there
     ca_file: str = ""
     new_host_each: bool = False  # a never-seen host per tunnel (mints a leaf)
@@ -362,7 +362,6 @@ def run_load(
     clients: procs.ClientPool,
     profile: list[str] | None = None,
 ) -> report.RunResult:
-    daemon = ep.daemon
     n = max(1, min(len(clients.workers), load.connections))
     start_at = time.perf_counter() + 0.05  # the workers are up: they only parse the spec
     specs = []
@@ -394,9 +393,9 @@ def run_load(
         if ep.new_host_each:
             first_host += n_hosts
     spy = None
-    if profile and daemon:
+    if profile and ep.pid:
         spy = procs.spawn(
-            [*profile[:-1], "--pid", str(daemon.pid), "-o", profile[-1]],
+            [*profile[:-1], "--pid", str(ep.pid), "-o", profile[-1]],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -749,7 +748,7 @@ def run_phase(
         for t in order:
             ep = endpoints[t]
             profile = None
-            if args.profile and ep.daemon is not None:
+            if args.profile and ep.pid is not None:
                 spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
                 tag = "" if t == "router" else f"-{t}"
                 prof_path = Path(args.profile) / f"{config}-{phase.name}{tag}-r{rnd}.txt"

@@ -265,10 +265,19 @@ class BodyDecoder:
                         if end - pos > MAX_LINE:
                             raise BodyError("chunk header too long")
                         break
-                    match = _CHUNK_HEADER.fullmatch(buf, pos, eol)
-                    if match is None:
-                        raise BodyError(f"illegal chunk header: {buf[pos:eol]!r}")
-                    remaining = int(match[1], 16)
+                    line = buf[pos:eol]
+                    # The common line is bare hex digits: int() without the regex
+                    # (isalnum keeps out the signs, spaces and underscores int()
+                    # would accept; a non-hex letter makes int() fail).
+                    try:
+                        if not (0 < len(line) <= 20 and line.isalnum()):
+                            raise ValueError
+                        remaining = int(line, 16)
+                    except ValueError:
+                        match = _CHUNK_HEADER.fullmatch(line)
+                        if match is None:
+                            raise BodyError(f"illegal chunk header: {line!r}") from None
+                        remaining = int(match[1], 16)
                     pos = eol + 2
                     state = _DATA if remaining else _TRAILER
                 elif state == _DATA_END:

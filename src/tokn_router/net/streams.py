@@ -236,29 +236,26 @@ class TLSStream(trio.abc.Stream):
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if self._receiving:
             raise trio.BusyResourceError("another task is already receiving on this stream")
+        if max_bytes is not None:
+            max_bytes = operator.index(max_bytes)
+            if max_bytes < 1:
+                raise ValueError("max_bytes must be >= 1")
+        if self._closed or self._broken:
+            self._check()
         self._receiving = True
         try:
-            if max_bytes is not None:
-                max_bytes = operator.index(max_bytes)
-                if max_bytes < 1:
-                    raise ValueError("max_bytes must be >= 1")
-            self._check()
             if not self._handshaken:
                 await self.do_handshake()
             if self._plain:
                 await trio.lowlevel.checkpoint()
                 return self._take(self._plain, max_bytes)
-            waited = False
+            # Records already complete in the incoming BIO (they came with the
+            # handshake, or behind a max_bytes cut) are returned without waiting.
+            data = self._decrypt() if self._in.pending else b""
+            if data or self._eof:
+                await trio.lowlevel.checkpoint()
+                return self._take(data, max_bytes) if data else b""
             while True:
-                data = self._decrypt()
-                if data:
-                    if not waited:
-                        await trio.lowlevel.checkpoint()
-                    return self._take(data, max_bytes)
-                if self._eof:
-                    if not waited:
-                        await trio.lowlevel.checkpoint()
-                    return b""
                 error = self._error
                 if error is not None:
                     self._broken = True
@@ -266,11 +263,15 @@ class TLSStream(trio.abc.Stream):
                 if self._out.pending and not self._sending and self._flushing is None:
                     await self._flush()  # e.g. the answer to a KeyUpdate
                 chunk = await self._receive(_RECEIVE_SIZE)
-                waited = True
                 if chunk:
                     self._in.write(chunk)
                 else:
                     self._in.write_eof()
+                data = self._decrypt()
+                if data:
+                    return self._take(data, max_bytes) if max_bytes is not None else data
+                if self._eof:
+                    return b""
         finally:
             self._receiving = False
 
@@ -286,10 +287,14 @@ class TLSStream(trio.abc.Stream):
 
         Sets ``_eof`` at close_notify or transport EOF; keeps a TLS error in
         ``_error`` (raised by the caller once the data before it is delivered).
+        OpenSSL takes from the BIO only the records it decrypts (no read-ahead), so
+        an empty BIO means nothing more is complete: stop there rather than pay
+        for the SSLWantReadError that one more read would raise.
         """
         if self._eof or self._error is not None:
             return b""
         read = self._ssl.read
+        incoming = self._in
         first = b""
         parts: list[bytes] | None = None
         try:
@@ -304,6 +309,10 @@ class TLSStream(trio.abc.Stream):
                     parts = [first, piece]
                 else:
                     parts.append(piece)
+                if not incoming.pending:
+                    if incoming.eof:  # the transport ended right after this record
+                        self._eof = True
+                    break
         except ssl.SSLWantReadError:
             pass
         except ssl.SSLZeroReturnError:
