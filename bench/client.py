@@ -1,8 +1,10 @@
 """The load client: one epoll loop over raw non-blocking sockets, no framework.
 
 Run as ``python -m bench.client`` with a JSON :class:`Spec` on stdin; it writes a
-JSON result on stdout. The orchestrator starts one or more of these processes per
-run so the client never shares a process (or a GIL) with what it measures.
+JSON result on stdout. ``python -m bench.client --serve`` stays up and answers one
+JSON line per spec line: the orchestrator keeps a few of these worker processes for
+the whole benchmark (no process start-up per run), so the client never shares a
+process (or a GIL) with what it measures.
 
 Each of ``connections`` connections is opened at once and sends ``per_conn``
 requests one after the other (HTTP/1.1 keep-alive). A response is read with a
@@ -25,6 +27,9 @@ tunnel's host. Connection k uses ``proxy_hosts[k % len]`` (one name for a warm
 tunnel, a fresh name per connection for "first request to a new host").
 It records per tunnel the time from the TCP connect to the ``200``
 (``connect_ms``) and from the ``200`` to the finished handshake (``tls_ms``).
+
+With ``tls`` (DIRECT to the fake upstream's HTTPS port), the same ``SSLObject``
+runs straight over the TCP connection (no ``CONNECT``), trusting ``ca_file``.
 
 With ``new_conn_each``, every request goes on a new connection (the next one is
 opened when the previous response has ended: sequential, one at a time), and its
@@ -74,6 +79,7 @@ class Spec:
     proxy_port: int | None = None
     proxy_hosts: list[str] = field(default_factory=list)
     ca_file: str = ""  # the daemon's CA certificate (the only trusted root)
+    tls: bool = False  # TLS straight to host:port (DIRECT to an HTTPS upstream)
 
 
 @dataclass
@@ -188,10 +194,10 @@ class Client:
         self.n_connects = 0
         self.tls_ctx: ssl.SSLContext | None = None
         self.requests: dict[str, bytes] = {}  # per tunnel host
-        if spec.proxy_port is not None:
-            if not spec.proxy_hosts:
+        if spec.proxy_port is not None or spec.tls:
+            if spec.proxy_port is not None and not spec.proxy_hosts:
                 raise ValueError("proxy_port without proxy_hosts")
-            ctx = ssl.create_default_context(cafile=spec.ca_file)  # only the daemon's CA
+            ctx = ssl.create_default_context(cafile=spec.ca_file)  # only the given CA
             ctx.set_alpn_protocols(["http/1.1"])
             self.tls_ctx = ctx
 
@@ -277,6 +283,9 @@ class Client:
             if self.tls_ctx is None:
                 conn.state = READY
                 self.send_next(conn)
+            elif self.spec.tls:
+                conn.t_tunnel = time.perf_counter()
+                self.start_tls(conn, self.spec.host, b"")
             else:
                 conn.state = TUNNEL
                 target = f"{conn.host}:443"
@@ -318,10 +327,13 @@ class Client:
         if status != b"200":
             self.fail(conn, f"connect_{status.decode(errors='replace')}")
             return
-        assert self.tls_ctx is not None
         conn.t_tunnel = t
+        self.start_tls(conn, conn.host, rest)
+
+    def start_tls(self, conn: Conn, host: str, rest: bytes) -> None:
+        assert self.tls_ctx is not None
         conn.bio_in, conn.bio_out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        conn.tls = self.tls_ctx.wrap_bio(conn.bio_in, conn.bio_out, server_hostname=conn.host)
+        conn.tls = self.tls_ctx.wrap_bio(conn.bio_in, conn.bio_out, server_hostname=host)
         conn.state = HANDSHAKE
         if rest:
             conn.bio_in.write(rest)
@@ -345,8 +357,9 @@ class Client:
         if tls.selected_alpn_protocol() not in (None, "http/1.1"):
             self.fail(conn, "alpn")
             return
-        self.res.connect_ms.append((conn.t_tunnel - conn.t_conn) * 1000.0)
-        self.res.tls_ms.append((t - conn.t_tunnel) * 1000.0)
+        if not self.spec.tls:  # per tunnel through the MITM proxy
+            self.res.connect_ms.append((conn.t_tunnel - conn.t_conn) * 1000.0)
+            self.res.tls_ms.append((t - conn.t_tunnel) * 1000.0)
         conn.state = READY
         self.send_next(conn)
 
@@ -589,15 +602,25 @@ class Client:
         return self.res
 
 
-def main() -> None:
-    spec = Spec(**json.load(sys.stdin))
-    res = Client(spec).run()
+def result_json(res: Result) -> str:
     out = dict(res.__dict__)  # not asdict(): it deep-copies the long lists
     out["first_ms"] = [round(x, 4) for x in res.first_ms]
     out["total_ms"] = [round(x, 4) for x in res.total_ms]
     out["connect_ms"] = [round(x, 4) for x in res.connect_ms]
     out["tls_ms"] = [round(x, 4) for x in res.tls_ms]
-    json.dump(out, sys.stdout, separators=(",", ":"))
+    return json.dumps(out, separators=(",", ":"))
+
+
+def main() -> None:
+    if "--serve" in sys.argv[1:]:
+        # One spec per line in, one result per line out, until stdin closes.
+        for line in sys.stdin:
+            if line.strip():
+                sys.stdout.write(result_json(Client(Spec(**json.loads(line))).run()) + "\n")
+                sys.stdout.flush()
+        return
+    spec = Spec(**json.load(sys.stdin))
+    sys.stdout.write(result_json(Client(spec).run()))
     sys.stdout.flush()
 
 

@@ -1,9 +1,17 @@
 """A fast fake Copilot upstream for the benchmark: epoll, prebuilt byte strings.
 
-Run as ``python -m bench.fake_upstream [--port 0] [--procs 1]``; it prints
-``listening on http://127.0.0.1:PORT pids PID...`` once ready and serves until
-killed. With ``--procs N`` it forks N-1 more processes that accept on the same
-port (``SO_REUSEPORT``); the kernel spreads connections over them.
+Run as ``python -m bench.fake_upstream [--port 0] [--tls-cert PEM [--tls-port 0]]
+[--procs 1]``; it prints ``listening on http://127.0.0.1:PORT [https://127.0.0.1:TLSPORT]
+pids PID...`` once ready and serves until killed. With ``--procs N`` it forks N-1 more
+processes that accept on the same ports (``SO_REUSEPORT``); the kernel spreads
+connections over them.
+
+**TLS** (``--tls-cert``: a PEM with the key and the certificate chain; the bench
+makes one with trustme): a second listening socket speaks HTTPS, the way Copilot is
+reached. Each ``send()`` below goes through a non-blocking ``ssl.SSLSocket``, so
+**every SSE event is its own TLS record**, as Copilot sends them: nothing coalesces
+unless the reader is behind. The plain port stays open next to it (the second
+configuration of the bench).
 
 It is one plain ``select.epoll`` loop per process with no framework: a request is
 parsed with a few ``bytes`` operations and answered from byte strings built once,
@@ -48,6 +56,7 @@ import json
 import os
 import select
 import socket
+import ssl
 import sys
 import time
 from typing import Any
@@ -216,10 +225,12 @@ BAD_REQUEST = json_response(400, b'{"error":{"message":"bad request"}}', b"Bad R
 
 
 class Conn:
-    __slots__ = ("busy", "closed", "inbuf", "outbuf", "sock", "writing")
+    __slots__ = ("busy", "closed", "handshaking", "inbuf", "outbuf", "sock", "tls", "writing")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, tls: bool = False) -> None:
         self.sock = sock
+        self.tls = tls  # an ssl.SSLSocket (non-blocking)
+        self.handshaking = tls
         self.inbuf = bytearray()
         self.outbuf: list[bytes] = []
         self.busy = False  # a paced stream is being sent: later requests wait
@@ -240,9 +251,19 @@ class Paced:
 
 
 class FakeServer:
-    def __init__(self, listener: socket.socket, url: str) -> None:
+    def __init__(
+        self,
+        listener: socket.socket,
+        url: str,
+        tls_listener: socket.socket | None = None,
+        tls_url: str = "",
+        tls_ctx: ssl.SSLContext | None = None,
+    ) -> None:
         self.listener = listener
         self.url = url
+        self.tls_listener = tls_listener
+        self.tls_url = tls_url
+        self.tls_ctx = tls_ctx
         self.ep = select.epoll()
         self.conns: dict[int, Conn] = {}
         self.timers: list[tuple[float, int, Paced]] = []
@@ -254,6 +275,10 @@ class FakeServer:
     def serve_forever(self) -> None:
         lfd = self.listener.fileno()
         self.ep.register(lfd, select.EPOLLIN)
+        tfd = -1
+        if self.tls_listener is not None:
+            tfd = self.tls_listener.fileno()
+            self.ep.register(tfd, select.EPOLLIN)
         timers = self.timers
         monotonic = time.monotonic
         while True:
@@ -262,7 +287,10 @@ class FakeServer:
                 timeout = max(0.0, timers[0][0] - monotonic())
             for fd, ev in self.ep.poll(timeout):
                 if fd == lfd:
-                    self._accept()
+                    self._accept(self.listener, False)
+                    continue
+                if fd == tfd:
+                    self._accept(self.tls_listener, True)  # type: ignore[arg-type]
                     continue
                 conn = self.conns.get(fd)
                 if conn is None:
@@ -277,17 +305,22 @@ class FakeServer:
                     _, _, p = heapq.heappop(timers)
                     self._tick(p)
 
-    def _accept(self) -> None:
+    def _accept(self, listener: socket.socket, tls: bool) -> None:
         while True:
             try:
-                sock, _ = self.listener.accept()
+                sock, _ = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 return
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.conns[sock.fileno()] = Conn(sock)
+            if tls:
+                assert self.tls_ctx is not None
+                sock = self.tls_ctx.wrap_socket(
+                    sock, server_side=True, do_handshake_on_connect=False
+                )
+            self.conns[sock.fileno()] = Conn(sock, tls)
             self.ep.register(sock.fileno(), select.EPOLLIN)
 
     def _close(self, conn: Conn) -> None:
@@ -301,6 +334,9 @@ class FakeServer:
         conn.sock.close()
 
     def _read(self, conn: Conn) -> None:
+        if conn.tls:
+            self._read_tls(conn)
+            return
         try:
             data = conn.sock.recv(65536)
         except (BlockingIOError, InterruptedError):
@@ -314,6 +350,37 @@ class FakeServer:
         conn.inbuf += data
         self._process(conn)
 
+    def _read_tls(self, conn: Conn) -> None:
+        sock = conn.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        if conn.handshaking:
+            try:
+                sock.do_handshake()
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                return
+            except (ssl.SSLError, OSError):
+                self._close(conn)
+                return
+            conn.handshaking = False
+        # An SSLSocket returns one record per recv, and epoll does not see what
+        # OpenSSL already buffered: read until it wants more from the socket.
+        got = False
+        while True:
+            try:
+                data = sock.recv(65536)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                break
+            except (ssl.SSLError, OSError):
+                self._close(conn)
+                return
+            if not data:
+                self._close(conn)
+                return
+            conn.inbuf += data
+            got = True
+        if got:
+            self._process(conn)
+
     def _send(self, conn: Conn, data: bytes) -> None:
         """One ``send()`` per call (one TCP segment per event, as upstream does)."""
         if conn.closed:
@@ -323,8 +390,8 @@ class FakeServer:
             return
         try:
             n = conn.sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            n = 0
+        except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            n = 0  # TLS: retried later with these same bytes first, as OpenSSL requires
         except OSError:
             self._close(conn)
             return
@@ -341,7 +408,7 @@ class FakeServer:
         conn.outbuf.clear()
         try:
             n = conn.sock.send(data)
-        except (BlockingIOError, InterruptedError):
+        except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
             n = 0
         except OSError:
             self._close(conn)
@@ -387,6 +454,7 @@ class FakeServer:
         elif method == b"GET" and path in (b"/models", b"/v1/models"):
             self._send(conn, self.models)
         elif method == b"GET" and path == b"/copilot_internal/v2/token":
+            url = self.tls_url if conn.tls else self.url  # the API on the scheme asked
             now = int(time.time())
             token = f"tid=bench;exp={now + 1800};sku=free_limited_copilot;proxy-ep=bench:0"
             obj = {
@@ -395,7 +463,7 @@ class FakeServer:
                 "refresh_in": 1500,
                 "sku": "free_limited_copilot",
                 "chat_enabled": True,
-                "endpoints": {"api": self.url, "proxy": self.url, "telemetry": self.url},
+                "endpoints": {"api": url, "proxy": url, "telemetry": url},
             }
             self._send(conn, json_response(200, _dumps(obj)))
         elif path == b"/healthz":
@@ -477,29 +545,47 @@ def make_listener(port: int) -> socket.socket:
     return s
 
 
+def tls_context(pem: str) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(pem)
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.fake_upstream")
     ap.add_argument("--port", type=int, default=0)
-    ap.add_argument("--procs", type=int, default=1, help="processes sharing the port")
+    ap.add_argument("--tls-cert", default="", help="PEM (key + chain): also serve HTTPS")
+    ap.add_argument("--tls-port", type=int, default=0)
+    ap.add_argument("--procs", type=int, default=1, help="processes sharing the ports")
     args = ap.parse_args(argv)
     first = make_listener(args.port)
     port = first.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
+    ctx = tls_context(args.tls_cert) if args.tls_cert else None
+    first_tls = make_listener(args.tls_port) if ctx else None
+    tls_url = f"https://127.0.0.1:{first_tls.getsockname()[1]}" if first_tls else ""
     pids = [os.getpid()]
     for _ in range(max(0, args.procs - 1)):
         listener = make_listener(port)
+        tls_listener = make_listener(first_tls.getsockname()[1]) if first_tls else None
         pid = os.fork()
         if pid == 0:
             _die_with_parent()
             first.close()
-            FakeServer(listener, url).serve_forever()
+            if first_tls is not None:
+                first_tls.close()
+            FakeServer(listener, url, tls_listener, tls_url, ctx).serve_forever()
             os._exit(0)
         listener.close()
+        if tls_listener is not None:
+            tls_listener.close()
         pids.append(pid)
-    sys.stdout.write(f"listening on {url} pids {' '.join(map(str, pids))}\n")
+    urls = f"{url} {tls_url}" if tls_url else url
+    sys.stdout.write(f"listening on {urls} pids {' '.join(map(str, pids))}\n")
     sys.stdout.flush()
     with contextlib.suppress(KeyboardInterrupt):
-        FakeServer(first, url).serve_forever()
+        FakeServer(first, url, first_tls, tls_url, ctx).serve_forever()
 
 
 if __name__ == "__main__":

@@ -47,11 +47,14 @@ _LIBS = (
 # whoever called them.
 _LAYERS = (
     ("hypercorn/", "hypercorn: client connections (h11, socket send/recv)"),
-    ("tokn_router/transport.py", "upstream transport (tokn_router/transport.py)"),
+    ("tokn_router/net/streams.py", "upstream TLS + socket reads (net/streams.py)"),
+    ("tokn_router/net/transport.py", "upstream transport (net/transport.py, h1client.py)"),
+    ("tokn_router/net/h1client.py", "upstream transport (net/transport.py, h1client.py)"),
     ("httpcore", "httpx client API (httpx2/httpcore)"),
     ("httpx2/", "httpx client API (httpx2/httpcore)"),
-    ("tokn_router/api/streaming.py", "stream relay (api/streaming.py, sse.py)"),
-    ("tokn_router/sse.py", "stream relay (api/streaming.py, sse.py)"),
+    ("tokn_router/serve/pump.py", "stream relay (serve/pump.py, wire/sse.py)"),
+    ("tokn_router/wire/sse.py", "stream relay (serve/pump.py, wire/sse.py)"),
+    ("tokn_router/edges/proxy/", "MITM proxy listener (edges/proxy/)"),
     ("tokn_router/usage/", "usage ledger (SQLite, worker thread)"),
     ("trio/_core/_thread_cache.py", "usage ledger (SQLite, worker thread)"),
     ("trio/_threads.py", "usage ledger (SQLite, worker thread)"),

@@ -1,8 +1,9 @@
 """The phases of a benchmark run and their sizes (full and ``--quick``).
 
 A phase is a :class:`Load` that the load client puts on each target (DIRECT =
-client → fake upstream; ROUTER = client → tokn-router → fake upstream), in
-``rounds`` rounds that alternate which target goes first. To add a phase, add a
+client → fake upstream; FLOOR = client → the floor relay (``bench/floor.py``) →
+fake upstream; ROUTER = client → tokn-router → fake upstream), in ``rounds``
+rounds that alternate the order of the targets. To add a phase, add a
 :class:`Phase` to :data:`PHASES` and, if it has figures of its own, a few lines
 to :func:`bench.report.figures` and the table rows there.
 
@@ -58,7 +59,7 @@ class Phase:
     rounds: int = 2
     quick_rounds: int = 1
     needs: str | None = None
-    targets: tuple[str, ...] = ("direct", "router")
+    targets: tuple[str, ...] = ("direct", "floor", "router")
     warmup: int = 0  # requests per target before the measured rounds (not in the figures)
 
     def load(self, quick: bool) -> Load:
@@ -109,16 +110,23 @@ PHASES: list[Phase] = [
         rounds=1,
     ),
     Phase(
+        "paced1",
+        f"1 stream paced at {PACED_DELAY_MS:g} ms/chunk (the per-event cost alone)",
+        full=replace(_paced, connections=1, stagger_s=0.0),
+        quick=replace(_paced, connections=1, chunks=10, delay_ms=5.0, stagger_s=0.0),
+        rounds=1,
+    ),
+    Phase(
         "paced300",
         f"300 streams paced at {PACED_DELAY_MS:g} ms/chunk",
         full=_paced,
-        quick=replace(_paced, connections=20, chunks=20, delay_ms=10.0, stagger_s=0.01),
+        quick=replace(_paced, connections=20, chunks=10, delay_ms=5.0, stagger_s=0.005),
     ),
     Phase(
         "paced500",
         f"500 streams paced at {PACED_DELAY_MS:g} ms/chunk",
         full=replace(_paced, connections=500),
-        quick=replace(_paced, connections=30, chunks=20, delay_ms=10.0, stagger_s=0.01),
+        quick=replace(_paced, connections=30, chunks=10, delay_ms=5.0, stagger_s=0.005),
     ),
     # Through the MITM proxy (CONNECT + TLS), against a daemon started with --with-proxy.
     Phase(

@@ -178,6 +178,43 @@ def cpu_seconds(pid: int) -> float:
     return sum(cpu_times(pid))
 
 
+@dataclass(frozen=True)
+class CpuMark:
+    """A process's CPU at one instant, two ways (see :func:`cpu_between`)."""
+
+    stat: tuple[float, float]  # (utime, stime) from /proc/PID/stat, 10 ms ticks
+    threads: dict[int, int]  # tid -> ns on CPU, from /proc/PID/task/TID/schedstat
+
+
+def cpu_mark(pid: int) -> CpuMark:
+    threads: dict[int, int] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        tids = []
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
+                threads[int(tid)] = int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return CpuMark(cpu_times(pid), threads)
+
+
+def cpu_between(a: CpuMark, b: CpuMark) -> float:
+    """CPU seconds the process used between two marks.
+
+    schedstat counts nanoseconds (the stat ticks are 10 ms: too coarse for a paced
+    stream that costs a few tens of ms), but only for threads still alive. When no
+    thread of mark ``a`` has exited by ``b`` (threads born in between are counted
+    whole, which is right: all their time is in the window) the schedstat sum is
+    exact; otherwise fall back to the ticks, which include dead threads.
+    """
+    if a.threads and set(a.threads) <= set(b.threads):
+        return (sum(b.threads.values()) - sum(a.threads.values())) / 1e9
+    return sum(b.stat) - sum(a.stat)
+
+
 def status_kb(pid: int, key: str) -> int:
     """A ``kB`` line of /proc/PID/status (VmRSS, VmHWM), 0 when gone."""
     try:
@@ -264,3 +301,49 @@ def interrupt_cleanup() -> Iterator[None]:
 
 def python() -> str:
     return sys.executable
+
+
+class ClientPool:
+    """Load client processes (``python -m bench.client --serve``) kept for the whole run.
+
+    A run hands one JSON spec line to each of the first N workers and reads one
+    result line back from each; no process start-up lies between two runs.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.workers = [
+            spawn([python(), "-m", "bench.client", "--serve"], stdin=subprocess.PIPE)
+            for _ in range(max(1, n))
+        ]
+
+    def run(self, specs: list[str], timeout: float) -> list[dict[str, Any]]:
+        import json
+
+        if len(specs) > len(self.workers):
+            raise ValueError("more specs than client workers")
+        busy = self.workers[: len(specs)]
+        for w, spec in zip(busy, specs, strict=True):
+            assert w.stdin is not None
+            w.stdin.write(spec.encode() + b"\n")
+            w.stdin.flush()
+        out = []
+        for w in busy:
+            assert w.stdout is not None
+            line = _readline(w.stdout, timeout)
+            if not line:
+                raise RuntimeError(f"load client failed (exit {w.poll()})")
+            out.append(json.loads(line))
+        return out
+
+    def close(self) -> None:
+        for w in self.workers:
+            stop(w)
+
+
+def _readline(stream: IO[bytes], timeout: float) -> bytes:
+    """One line from a child's stdout, or b"" if none comes within ``timeout``."""
+    result: list[bytes] = []
+    t = threading.Thread(target=lambda: result.append(stream.readline()), daemon=True)
+    t.start()
+    t.join(timeout)
+    return result[0] if result else b""

@@ -5,6 +5,8 @@ Not part of the test suite. Usage::
     python bench/transport_micro.py                  # default matrix
     python bench/transport_micro.py --concurrency 1 200 --events 200 --streams 400
     python bench/transport_micro.py --pace-ms 20     # paced streams (one event per wake-up)
+    python bench/transport_micro.py --tls --only TrioH11Transport   # HTTPS upstream, one TLS
+                                                    # record per event (as Copilot sends)
 
 A fast upstream runs in a child process (so its CPU is not counted). It
 answers every request with a chunked SSE stream of ``--events`` events, one write
@@ -18,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import socket
+import ssl
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -86,10 +90,15 @@ async def _upstream_conn(stream: trio.SocketStream, events: int, pace: float) ->
         pass
 
 
-def serve(port_fd: int, events: int, pace: float) -> None:
+def serve(port_fd: int, events: int, pace: float, cert: str = "") -> None:
     async def main() -> None:
         sock = trio.socket.from_stdlib_socket(socket.socket(fileno=port_fd))
-        listener = trio.SocketListener(sock)
+        listener: trio.abc.Listener[trio.abc.Stream] = trio.SocketListener(sock)
+        if cert:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(cert)
+            # each send_all below is one TLS record: one per SSE event
+            listener = trio.SSLListener(listener, ctx, https_compatible=True)
         await trio.serve_listeners(
             lambda s: _upstream_conn(s, events, pace),  # type: ignore[arg-type]
             [listener],
@@ -101,13 +110,16 @@ def serve(port_fd: int, events: int, pace: float) -> None:
 # -- client (this process) ----------------------------------------------------
 
 
+VERIFY: ssl.SSLContext | bool = True  # set from --tls
+
+
 def stock() -> httpx.AsyncBaseTransport:
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=200, keepalive_expiry=60)
-    return httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
+    return httpx.AsyncHTTPTransport(limits=limits, trust_env=False, verify=VERIFY)
 
 
 def custom() -> httpx.AsyncBaseTransport:
-    return TrioH11Transport(max_keepalive_connections=200, keepalive_expiry=60)
+    return TrioH11Transport(verify=VERIFY, max_keepalive_connections=200, keepalive_expiry=60)
 
 
 async def run_streams(
@@ -127,7 +139,7 @@ async def run_streams(
             while left > 0:
                 left -= 1
                 async with client.stream("POST", url + "/stream", content=b'{"stream":true}') as r:
-                    async for chunk in r.aiter_bytes():
+                    async for chunk in r.aiter_raw():  # as serve/pump.py reads
                         received += len(chunk)
                         items += 1
 
@@ -189,11 +201,25 @@ def main() -> None:
     ap.add_argument("--streams", type=int, default=400)
     ap.add_argument("--pace-ms", type=float, default=0.0)
     ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--tls", action="store_true", help="HTTPS upstream (trustme certificate)")
+    ap.add_argument("--only", default="", help="one transport: 'stock httpx' or TrioH11Transport")
     ap.add_argument("--serve-fd", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--cert", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_fd is not None:
-        serve(args.serve_fd, args.events, args.pace_ms / 1000)
+        serve(args.serve_fd, args.events, args.pace_ms / 1000, args.cert)
         return
+    global VERIFY
+    tmp = tempfile.TemporaryDirectory()
+    cert = ""
+    if args.tls:
+        import trustme
+
+        ca = trustme.CA()
+        cert = f"{tmp.name}/server.pem"
+        ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(cert)
+        VERIFY = ssl.create_default_context()
+        ca.configure_trust(VERIFY)
 
     lsock = socket.socket()
     lsock.bind(("127.0.0.1", 0))
@@ -206,14 +232,18 @@ def main() -> None:
             *("--serve-fd", str(lsock.fileno())),
             *("--events", str(args.events)),
             *("--pace-ms", str(args.pace_ms)),
+            *("--cert", cert),
         ],
         pass_fds=[lsock.fileno()],
     )
     lsock.close()
-    url = f"http://127.0.0.1:{port}"
+    url = f"{'https' if args.tls else 'http'}://127.0.0.1:{port}"
     try:
-        print(f"events/stream={args.events} streams={args.streams} pace={args.pace_ms} ms")
-        for c in args.concurrency:
+        print(
+            f"events/stream={args.events} streams={args.streams} pace={args.pace_ms} ms "
+            f"upstream={'TLS' if args.tls else 'plain'}"
+        )
+        for c in args.concurrency if not args.tls else ():  # the raw floor speaks no TLS
             cpu, _, reads = trio.run(run_raw, url, c, args.streams)
             events = args.streams * args.events
             print(
@@ -221,6 +251,8 @@ def main() -> None:
                 f"({events} events in {reads} reads, {cpu:.2f} s CPU)"
             )
         for name, make in (("stock httpx", stock), ("TrioH11Transport", custom)):
+            if args.only and name != args.only:
+                continue
             per_req = trio.run(run_requests, make, url, args.requests)
             print(f"{name:18} non-stream request: {per_req * 1e6:7.1f} µs CPU")
             for c in args.concurrency:
@@ -232,6 +264,7 @@ def main() -> None:
     finally:
         child.terminate()
         child.wait()
+        tmp.cleanup()
 
 
 if __name__ == "__main__":

@@ -16,71 +16,93 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
-# Figures that are counts (of failures): present and exactly an int >= 0.
-ERROR_FIGURES = (
+# Figures of one upstream configuration (the TLS one as is, the plain one with the
+# prefix "plain_"), classified by hand so that the test checks the report's list.
+_TRIO = ("direct", "floor", "router")
+
+
+def _each(base: str, *suffixes: str) -> tuple[str, ...]:
+    return tuple(f"{base}_{s}" for s in suffixes)
+
+
+# Counts (of failures): present and exactly an int >= 0.
+CONFIG_ERROR_FIGURES = (
+    "nonstream_errors_floor",
     "nonstream_errors_router",
+    "stream_errors_floor",
     "stream_errors_router",
-    "c200x2_errors_direct",
-    "c200x2_errors_router",
-    "c1000_errors_direct",
-    "c1000_errors_router",
-    "paced300_errors_router",
-    "paced500_errors_direct",
-    "paced500_errors_router",
+    *_each("c200x2_errors", *_TRIO),
+    *_each("c1000_errors", *_TRIO),
     "c1000_listen_overflows",
-    "proxy_errors_direct",
-    "proxy_errors_router",
-    "proxy_errors_mitm",
+    "paced300_errors_floor",
+    "paced300_errors_router",
+    *_each("paced500_errors", *_TRIO),
 )
 
-# Figures that must be measured (a number > 0) on every run.
-POSITIVE_FIGURES = (
+# Measured (a number > 0) on every run.
+CONFIG_POSITIVE_FIGURES = (
     "startup_s",
     "idle_rss_mb",
-    "nonstream_p50_ms_direct",
-    "nonstream_p50_ms_router",
-    "nonstream_p50_ratio",
-    "nonstream_p99_ms_direct",
-    "nonstream_p99_ms_router",
-    "nonstream_p99_ratio",
+    "floor_idle_rss_mb",
+    *(
+        key
+        for base in (
+            "nonstream_p50_ms",
+            "nonstream_p99_ms",
+            "stream_ttfe_p50_ms",
+            "stream_ttfe_p99_ms",
+            "stream_total_p50_ms",
+            "stream_total_p99_ms",
+        )
+        for key in _each(base, *_TRIO, "ratio", "vs_floor")
+    ),
     "cpu_per_request_ms",
-    "stream_ttfe_p50_ms_direct",
-    "stream_ttfe_p50_ms_router",
-    "stream_ttfe_p50_ratio",
-    "stream_ttfe_p99_ms_direct",
-    "stream_ttfe_p99_ms_router",
-    "stream_ttfe_p99_ratio",
-    "stream_total_p50_ms_direct",
-    "stream_total_p50_ms_router",
-    "stream_total_p50_ratio",
-    "stream_total_p99_ms_direct",
-    "stream_total_p99_ms_router",
-    "stream_total_p99_ratio",
+    "cpu_per_request_ms_floor",
+    "cpu_per_request_vs_floor",
     "cpu_per_stream_ms_c1",
+    "cpu_per_stream_ms_c1_floor",
     "cpu_per_event_us_c1",
-    "c200x2_streams_per_s_direct",
-    "c200x2_streams_per_s_router",
-    "c200x2_events_per_s_direct",
-    "c200x2_events_per_s_router",
+    "cpu_per_event_us_c1_floor",
+    "cpu_per_event_c1_vs_floor",
+    *_each("c200x2_streams_per_s", *_TRIO),
+    *_each("c200x2_events_per_s", *_TRIO),
     "c200x2_peak_rss_mb",
+    "c200x2_peak_rss_mb_floor",
     "cpu_per_stream_ms_c200",
+    "cpu_per_stream_ms_c200_floor",
     "cpu_per_event_us_c200",
+    "cpu_per_event_us_c200_floor",
+    "cpu_per_event_c200_vs_floor",
     "cpu_per_event_growth",
-    "c1000_streams_per_s_direct",
-    "c1000_streams_per_s_router",
-    "c1000_events_per_s_direct",
-    "c1000_events_per_s_router",
+    "cpu_per_event_growth_floor",
+    *_each("c1000_streams_per_s", *_TRIO),
+    *_each("c1000_events_per_s", *_TRIO),
     "c1000_peak_rss_mb",
-    "paced300_wall_s_direct",
-    "paced300_wall_s_router",
+    "c1000_peak_rss_mb_floor",
+    *_each("paced1_total_s", *_TRIO),
+    "cpu_per_event_us_paced1",
+    "cpu_per_event_us_paced1_floor",
+    "cpu_per_event_paced1_vs_floor",
+    *_each("paced300_wall_s", *_TRIO),
     "paced300_peak_rss_mb",
-    "paced500_gap_p99_ms_direct",
-    "paced500_gap_p99_ms_router",
-    "paced500_total_p99_s_direct",
-    "paced500_total_p99_s_router",
+    "cpu_per_event_us_paced300",
+    "cpu_per_event_us_paced300_floor",
+    *_each("paced500_gap_p99_ms", *_TRIO),
+    *_each("paced500_total_p99_s", *_TRIO),
     "paced500_peak_rss_mb",
+    "paced500_peak_rss_mb_floor",
     "cpu_per_event_us_paced500",
-    # through the MITM proxy (CONNECT + TLS) of a `serve --with-proxy` daemon
+    "cpu_per_event_us_paced500_floor",
+    "cpu_per_event_paced500_vs_floor",
+    "paced_cpu_growth",
+    "paced_cpu_growth_floor",
+)
+
+# Present and a number, of either sign (a difference of two noisy percentiles).
+CONFIG_SIGNED_FIGURES = ("paced500_added_gap_p99_ms", "paced500_added_gap_p99_ms_floor")
+
+# Through the MITM proxy (CONNECT + TLS) of a `serve --with-proxy` daemon (TLS only).
+PROXY_POSITIVE_FIGURES = (
     "with_proxy_startup_s",
     "with_proxy_idle_rss_mb",
     *(
@@ -105,8 +127,9 @@ POSITIVE_FIGURES = (
     "proxy_tls_p50_ms_knownhost",
     "proxy_tls_p50_ms_newhost",
 )
+PROXY_ERROR_FIGURES = ("proxy_errors_direct", "proxy_errors_router", "proxy_errors_mitm")
 
-# CPU figures of tiny quick runs: measured in 10 ms clock ticks, so possibly 0.
+# CPU figures of tiny quick runs: possibly 0 when measured in 10 ms clock ticks.
 NONNEGATIVE_FIGURES = (
     "proxy_nonstream_cpu_per_request_ms_router",
     "proxy_nonstream_cpu_per_request_ms_mitm",
@@ -125,10 +148,16 @@ NONNEGATIVE_FIGURES = (
     "proxy_newhost_cpu_per_request_ms_mitm",
 )
 
-# Present and a number, of either sign (a difference of two noisy percentiles).
-SIGNED_FIGURES = ("paced500_added_gap_p99_ms",)
 
-PHASES = ("nonstream", "stream", "c200x2", "c1000", "paced300", "paced500")
+def _both(keys: tuple[str, ...]) -> tuple[str, ...]:
+    return keys + tuple("plain_" + k for k in keys)
+
+
+ERROR_FIGURES = _both(CONFIG_ERROR_FIGURES) + PROXY_ERROR_FIGURES
+POSITIVE_FIGURES = _both(CONFIG_POSITIVE_FIGURES) + PROXY_POSITIVE_FIGURES
+SIGNED_FIGURES = _both(CONFIG_SIGNED_FIGURES)
+
+PHASES = ("nonstream", "stream", "c200x2", "c1000", "paced1", "paced300", "paced500")
 PROXY_PHASES = {
     "proxy_nonstream": ("direct", "router", "mitm"),
     "proxy_stream": ("direct", "router", "mitm"),
@@ -154,13 +183,13 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 @pytest.mark.timeout(150)
 def test_quick_run_reports_every_figure(quick_run: dict[str, Any]) -> None:
-    from bench.report import FIGURE_KEYS, PROXY_FIGURE_KEYS
+    from bench.report import FIGURE_KEYS, PLAIN_FIGURE_KEYS, PROXY_FIGURE_KEYS
 
     figs = quick_run["figures"]
     expected = (
         set(ERROR_FIGURES) | set(POSITIVE_FIGURES) | set(SIGNED_FIGURES) | set(NONNEGATIVE_FIGURES)
     )
-    assert expected == set(FIGURE_KEYS) | set(PROXY_FIGURE_KEYS)
+    assert expected == set(FIGURE_KEYS) | set(PLAIN_FIGURE_KEYS) | set(PROXY_FIGURE_KEYS)
     assert set(figs) == expected
     for key in ERROR_FIGURES:
         assert isinstance(figs[key], int) and figs[key] >= 0, (key, figs[key])
@@ -176,23 +205,29 @@ def test_quick_run_reports_every_figure(quick_run: dict[str, Any]) -> None:
 
 @pytest.mark.timeout(150)
 def test_quick_run_phases_and_targets(quick_run: dict[str, Any]) -> None:
+    # both upstream configurations ran: HTTPS (as Copilot is reached) and plain HTTP
+    assert quick_run["meta"]["configs"] == ["tls", "plain"]
     phases = quick_run["phases"]
-    for name in PHASES:
-        phase = phases[name]
-        for target in ("direct", "router"):
-            s = phase[target]
-            assert s["requests"] > 0
-            # every request either completed or was counted as an error
-            assert s["completed"] + s["errors"] == s["requests"], (name, target, s)
-            assert s["wall_s"] > 0
-            assert s["client_cpu_s"] >= 0 and s["fake_cpu_s"] >= 0
-        assert phase["router"]["proxy_cpu_s"] >= 0
-        assert phase["direct"]["proxy_cpu_s"] is None
-        if phase["load"]["stream"]:
-            per_stream = phase["load"]["chunks"] + 4
-            direct = phase["direct"]
-            if direct["errors"] == 0:
-                assert direct["events"] == direct["completed"] * per_stream
+    for config_phases in (phases, quick_run["phases_plain"]):
+        for name in PHASES:
+            phase = config_phases[name]
+            for target in _TRIO:
+                s = phase[target]
+                assert s["requests"] > 0
+                # every request either completed or was counted as an error
+                assert s["completed"] + s["errors"] == s["requests"], (name, target, s)
+                assert s["wall_s"] > 0
+                assert s["client_cpu_s"] >= 0 and s["fake_cpu_s"] >= 0
+            # the relays' CPU is measured, DIRECT has none
+            assert phase["router"]["proxy_cpu_s"] > 0 and phase["floor"]["proxy_cpu_s"] > 0
+            assert phase["direct"]["proxy_cpu_s"] is None
+            if phase["load"]["stream"]:
+                per_stream = phase["load"]["chunks"] + 4
+                for target in _TRIO:
+                    s = phase[target]
+                    if s["errors"] == 0:
+                        assert s["events"] == s["completed"] * per_stream, (name, target)
+    assert not any(name.startswith("proxy_") for name in quick_run["phases_plain"])
     # the MITM-proxy phases ran (the daemon has --with-proxy), every target without errors
     assert quick_run["meta"]["daemon_has_with_proxy"] is True
     for name, targets in PROXY_PHASES.items():

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import ssl
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 
 import h11
 import httpx2 as httpx
@@ -926,4 +929,121 @@ def test_one_transport_across_trio_runs() -> None:
 
     # The watchdog task belongs to a run; the second run needs (and gets) its own.
     run(main)
+    run(main)
+
+
+# -- the trust store (net/client.py tls_context) ---------------------------------
+
+
+def _subject_hash(pem: Path) -> str:
+    out = subprocess.run(
+        ["openssl", "x509", "-subject_hash", "-noout", "-in", str(pem)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip()
+
+
+def _system_store(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    hashed: list[trustme.CA],
+    bundle: list[trustme.CA],
+    fillers: int = 0,
+) -> None:
+    """Make ``hashed`` the system's hashed directory and ``bundle`` its bundle file.
+
+    ``fillers`` more hashed names make the directory look like a full root store;
+    OpenSSL never opens them (no certificate asks for their hash).
+    """
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    for i, ca in enumerate(hashed):
+        pem = tmp_path / f"hashed-{i}.pem"
+        ca.cert_pem.write_to_path(str(pem))
+        (certs / f"{_subject_hash(pem)}.0").write_bytes(pem.read_bytes())
+    for i in range(fillers):
+        (certs / f"fffe{i:04x}.0").write_text("never read\n")
+    bundle_file = tmp_path / "bundle.pem"
+    bundle_file.write_bytes(b"".join(ca.cert_pem.bytes() for ca in bundle))
+
+    def paths() -> ssl.DefaultVerifyPaths:
+        # As the real one: cafile and capath reflect the variables when they are set.
+        return ssl.DefaultVerifyPaths(
+            os.environ.get("SSL_CERT_FILE") or str(bundle_file),
+            os.environ.get("SSL_CERT_DIR") or str(certs),
+            "SSL_CERT_FILE",
+            str(bundle_file),
+            "SSL_CERT_DIR",
+            str(certs),
+        )
+
+    monkeypatch.setattr(ssl, "get_default_verify_paths", paths)
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+
+
+async def _verifies(ctx: ssl.SSLContext, server_ca: trustme.CA) -> bool:
+    async with serve(echo, _server_ctx(server_ca)) as srv, client(verify=ctx) as c:
+        try:
+            r = await c.get(f"https://127.0.0.1:{srv.port}/")
+        except httpx.ConnectError as exc:
+            assert "CERTIFICATE_VERIFY_FAILED" in str(exc)
+            return False
+        return r.status_code == 200
+
+
+def test_trust_store_full_hashed_directory_is_read_on_demand(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tokn_router.net.client import tls_context
+
+    root, other = trustme.CA(), trustme.CA()
+    _system_store(tmp_path, monkeypatch, hashed=[root], bundle=[other], fillers=120)
+    ctx = tls_context.__wrapped__()
+    # Nothing parsed up front: the directory is looked up during the handshake.
+    assert ctx.cert_store_stats()["x509_ca"] == 0
+
+    async def main() -> None:
+        assert await _verifies(ctx, root)
+        # The directory stands for the whole store: the bundle is not read.
+        assert not await _verifies(ctx, other)
+
+    run(main)
+
+
+def test_trust_store_partial_hashed_directory_keeps_the_bundle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tokn_router.net.client import tls_context
+
+    local, public = trustme.CA(), trustme.CA()
+    _system_store(tmp_path, monkeypatch, hashed=[local], bundle=[public])
+    ctx = tls_context.__wrapped__()
+
+    async def main() -> None:
+        assert await _verifies(ctx, local)
+        assert await _verifies(ctx, public)
+
+    run(main)
+
+
+def test_ssl_cert_file_adds_to_the_system_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tokn_router.net.client import tls_context
+
+    root, corporate = trustme.CA(), trustme.CA()
+    _system_store(tmp_path, monkeypatch, hashed=[root], bundle=[], fillers=120)
+    extra = tmp_path / "corporate.pem"
+    corporate.cert_pem.write_to_path(str(extra))
+    monkeypatch.setenv("SSL_CERT_FILE", str(extra))
+    ctx = tls_context.__wrapped__()
+
+    async def main() -> None:
+        assert await _verifies(ctx, root)
+        assert await _verifies(ctx, corporate)
+
     run(main)

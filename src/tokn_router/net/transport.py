@@ -29,13 +29,16 @@ Design:
   byte arrives, the request is retried once on a fresh connection. That is safe
   only because nothing was received, and the request body is bytes we hold.
 * h11 writes the request and parses the response head (validation, 1xx,
-  keep-alive rules). The body is framed here: Content-Length, chunked, or
-  read-until-close. h11's body path costs ~7 µs per chunked SSE event (a state
-  machine round per chunk, several buffer copies); the decoder here ~1.5 µs.
-* The body stream yields what each ``receive_some`` brings: chunks from one
-  receive are joined, never split or held back. It returns the connection to the
-  pool as soon as the body ends. Closing it earlier closes the socket at once, so
-  the upstream sees the client's disconnect.
+  keep-alive rules); the body is framed by :class:`~tokn_router.net.h1client.BodyDecoder`
+  (Content-Length, chunked, read-until-close). Both come from ``net/h1client.py``,
+  shared with the MITM proxy and the outbound tunnels.
+* TLS goes through :class:`~tokn_router.net.streams.TLSStream`: each wake-up
+  decrypts every complete record received so far, so a burst of SSE events (each
+  its own TLS record, as Copilot sends them) comes out of one receive.
+* The body stream yields what each receive brings: chunks from one receive are
+  joined, never split or held back. It returns the connection to the pool as soon
+  as the body ends. Closing it earlier closes the socket at once, so the upstream
+  sees the client's disconnect.
 * Body read timeouts (between receives, as in httpx) come from one watchdog task
   per trio run. It closes the socket of a read that ran past its deadline. A trio
   cancel scope around each receive would cost ~6 µs per event, more than the
@@ -47,16 +50,20 @@ Design:
 from __future__ import annotations
 
 import math
-import re
 import ssl
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from typing import Final, Self
 
 import h11
 import httpx2 as httpx
 import trio
+
+from tokn_router.net import h1client
+from tokn_router.net.h1client import BodyDecoder, BodyError, NoResponse
+from tokn_router.net.streams import TLSStream, receive_from_socket
 
 __all__ = ["TrioH11Transport"]
 
@@ -65,9 +72,8 @@ _READ_SIZE: Final = 65536
 # Below this size the request head and body go out as one write (one syscall,
 # one TLS record); above it, joining would copy a large body for no gain.
 _JOIN_LIMIT: Final = 65536
-# Limit on the response head (h11) and on a chunk-size or trailer line.
+# Limit on the response head (h11).
 _MAX_HEAD_SIZE: Final = 64 * 1024
-_MAX_LINE: Final = 4096
 # Body read timeout granularity: the watchdog ticks at timeout/10 within these bounds.
 _MIN_TICK: Final = 0.01
 _MAX_TICK: Final = 1.0
@@ -76,23 +82,19 @@ _NETWORK_ERRORS: Final = (trio.BrokenResourceError, trio.ClosedResourceError, OS
 _NO_TIMEOUTS: Final[Mapping[str, float | None]] = {}
 _INF: Final = math.inf
 
-# chunk-size [ chunk-ext ] OWS, as lenient as h11 (which accepts trailing spaces).
-_CHUNK_HEADER: Final = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;.*)?[ \t]*")
-
-# Body framing.
-_NONE, _LENGTH, _CHUNKED, _UNTIL_EOF = range(4)
-# Chunked decoder states.
-_SIZE, _DATA, _DATA_END, _TRAILER, _DONE = range(5)
+# Body framing (names kept for the tests that drive _ResponseStream directly).
+_NONE, _LENGTH, _CHUNKED, _UNTIL_EOF = (
+    h1client.NONE,
+    h1client.LENGTH,
+    h1client.CHUNKED,
+    h1client.UNTIL_EOF,
+)
 
 _PoolKey = tuple[bytes, str, int]
 
 
 class _StaleConnection(Exception):
     """A reused connection failed before any response byte: safe to retry once."""
-
-
-class _BadBody(Exception):
-    """The response body broke its framing (bad chunk header, EOF too early)."""
 
 
 def _describe(exc: BaseException) -> str:
@@ -107,13 +109,21 @@ def _describe(exc: BaseException) -> str:
 class _Connection:
     """One socket (plain or TLS) between requests and while a response is read."""
 
-    __slots__ = ("idle_since", "key", "read_deadline", "sock", "stream", "timed_out")
+    __slots__ = ("idle_since", "key", "read_deadline", "receive", "sock", "stream", "timed_out")
 
     def __init__(self, key: _PoolKey, stream: trio.abc.Stream, sock: trio.socket.SocketType):
         self.key = key
         self.stream = stream
         # The raw socket, for O(1) liveness checks and a synchronous close.
         self.sock = sock
+        # How a response is read: straight from the socket for plain TCP (one
+        # scheduler turn less per wake-up than SocketStream.receive_some), else
+        # the stream's own receive (TLSStream has the same fast path inside).
+        self.receive: Callable[[int], Awaitable[bytes | bytearray]] = (
+            partial(receive_from_socket, sock)
+            if isinstance(stream, trio.SocketStream)
+            else stream.receive_some
+        )
         self.idle_since = 0.0
         # trio.current_time() by which the pending body receive must return
         # (inf when no timed receive is pending); set by the reader, checked by
@@ -302,9 +312,9 @@ class TrioH11Transport(httpx.AsyncBaseTransport):
                 stream: trio.abc.Stream = tcp
                 if scheme == b"https":
                     sni = request.extensions.get("sni_hostname") or host
-                    tls = trio.SSLStream(
-                        tcp, self._ssl_context, server_hostname=sni, https_compatible=True
-                    )
+                    # close_notify=False: connections end with a bare socket close
+                    # (_Connection.close), which never blocks.
+                    tls = TLSStream(tcp, self._ssl_context, server_hostname=sni, close_notify=False)
                     await tls.do_handshake()
                     stream = tls
         except trio.TooSlowError:
@@ -379,14 +389,11 @@ class TrioH11Transport(httpx.AsyncBaseTransport):
         send_error: BaseException | None = None
         try:
             try:
-                head = h11.Request(
-                    method=request.method, target=request.url.raw_path, headers=request.headers.raw
+                target = request.url.raw_path
+                out = h1client.encode_request(
+                    h, request.method, target, request.headers.raw, chunks
                 )
-                out = h.send_with_data_passthrough(head) or []
                 if chunks is not None:
-                    for chunk in chunks:
-                        out += h.send_with_data_passthrough(h11.Data(data=chunk)) or ()
-                    out += h.send_with_data_passthrough(h11.EndOfMessage()) or ()
                     if sum(map(len, out)) <= _JOIN_LIMIT:
                         out = [b"".join(out)]
                     for part in out:
@@ -414,66 +421,26 @@ class TrioH11Transport(httpx.AsyncBaseTransport):
 
             can_retry = reused and (chunks is not None or not body_started)
             received = False
-            while True:
-                event = h.next_event()
-                if event is h11.NEED_DATA:
-                    try:
-                        data = await _receive(stream, read_timeout, request)
-                    except _NETWORK_ERRORS as exc:
-                        if not received and can_retry:
-                            raise _StaleConnection from exc
-                        if send_error is not None and not received:
-                            raise httpx.WriteError(_describe(send_error), request=request) from exc
-                        raise httpx.ReadError(_describe(exc), request=request) from exc
-                    if not data and not received:
-                        if can_retry:
-                            raise _StaleConnection
-                        raise httpx.RemoteProtocolError(
-                            "Server disconnected without sending a response.", request=request
-                        )
-                    received = True
-                    h.receive_data(data)  # type: ignore[arg-type]  # bytearray works too
-                elif type(event) is h11.Response:
-                    break
-                elif type(event) is h11.InformationalResponse:
-                    if event.status_code == 101:
-                        # Protocol switch: not supported beyond handing back the
-                        # head; the body is empty and the socket closes.
-                        break
-                    continue  # 100 Continue, 103 Early Hints: wait for the real one
-                else:
-                    raise httpx.RemoteProtocolError(
-                        f"unexpected {event!r} before the response head", request=request
-                    )
 
-            # Body framing, as h11 would do it (RFC 9112 §6.3). h11 has validated
-            # the headers: Transfer-Encoding can only be "chunked", and repeated
-            # Content-Length values are merged into one.
-            status = event.status_code
-            method = request.method  # str, upper-cased by httpx
-            framing = _UNTIL_EOF
-            length = 0
-            if (
-                status < 200
-                or status in (204, 304)
-                or method == "HEAD"
-                or (method == "CONNECT" and status < 300)
-            ):
-                framing = _NONE
-            else:
-                for name, value in event.headers:  # lowercased names
-                    if name == b"transfer-encoding":
-                        framing = _CHUNKED
-                        break
-                    if name == b"content-length":
-                        framing = _LENGTH
-                        length = int(value)
-            # h11 moves our side to MUST_CLOSE when either side disabled keep-alive
-            # (Connection: close, HTTP/1.0); DONE also means the request went out
-            # completely.
-            reusable = h.our_state is h11.DONE and status != 101 and framing != _UNTIL_EOF
-            # Body bytes that came in with the head.
-            buffered = h.trailing_data[0]
+            async def receive() -> bytes | bytearray:
+                nonlocal received
+                try:
+                    data = await _receive(conn, read_timeout, request)
+                except _NETWORK_ERRORS as exc:
+                    if not received and can_retry:
+                        raise _StaleConnection from exc
+                    if send_error is not None and not received:
+                        raise httpx.WriteError(_describe(send_error), request=request) from exc
+                    raise httpx.ReadError(_describe(exc), request=request) from exc
+                if not data and not received and can_retry:
+                    raise _StaleConnection
+                received = True
+                return data
+
+            head = await h1client.read_head(h, receive, request.method)
+        except NoResponse as exc:
+            conn.close()
+            raise httpx.RemoteProtocolError(str(exc), request=request) from None
         except h11.RemoteProtocolError as exc:
             conn.close()
             raise httpx.RemoteProtocolError(str(exc), request=request) from exc
@@ -486,15 +453,23 @@ class TrioH11Transport(httpx.AsyncBaseTransport):
             conn.close()
             raise
 
+        response = head.response
         return httpx.Response(
-            status_code=status,
-            headers=event.headers.raw_items(),
+            status_code=response.status_code,
+            headers=response.headers.raw_items(),
             stream=_ResponseStream(
-                self, conn, request, read_timeout, framing, length, buffered, reusable
+                self,
+                conn,
+                request,
+                read_timeout,
+                head.framing,
+                head.length,
+                head.buffered,
+                head.reusable,
             ),
             extensions={
-                "http_version": b"HTTP/" + event.http_version,
-                "reason_phrase": event.reason,
+                "http_version": b"HTTP/" + response.http_version,
+                "reason_phrase": response.reason,
             },
         )
 
@@ -516,24 +491,34 @@ async def _send(
 
 
 async def _receive(
-    stream: trio.abc.Stream, read_timeout: float | None, request: httpx.Request
+    conn: _Connection, read_timeout: float | None, request: httpx.Request
 ) -> bytes | bytearray:
     # For the response head only (once per request), so a cancel scope is fine.
     if read_timeout is None:
-        return await stream.receive_some(_READ_SIZE)
+        return await conn.receive(_READ_SIZE)
     with trio.CancelScope(deadline=trio.current_time() + read_timeout):
-        return await stream.receive_some(_READ_SIZE)
+        return await conn.receive(_READ_SIZE)
     # Only reached when the deadline cancelled the receive.
     raise httpx.ReadTimeout("timed out waiting for the upstream", request=request)
 
 
 class _ResponseStream(httpx.AsyncByteStream):
-    """The response body: one item per socket receive, framing removed.
+    """The response body: one item per receive, framing removed.
 
     A class with ``__anext__`` rather than an async generator: no generator
     frame to finalize when a consumer stops early, and a little cheaper per
     item.
     """
+
+    __slots__ = (
+        "_conn",
+        "_decoder",
+        "_fresh",
+        "_read_timeout",
+        "_request",
+        "_transport",
+        "_watchdog",
+    )
 
     def __init__(
         self,
@@ -550,25 +535,15 @@ class _ResponseStream(httpx.AsyncByteStream):
         self._conn: _Connection | None = conn
         self._request = request
         self._read_timeout = read_timeout
-        self._framing = framing
-        self._reusable = reusable
-        # _LENGTH: body bytes still due. _CHUNKED: bytes left in the current chunk.
-        self._remaining = length
-        self._received = 0
-        self._chunk_state = _SIZE
-        # Undecoded bytes: first what came with the head (``_fresh`` until they
-        # are decoded), then a partial chunk-size line or CRLF between receives.
-        self._pending = buffered
-        self._fresh = bool(buffered)
-        self._done = False
-        # An error found after some body bytes in the same receive: those bytes
-        # are returned first and the error is raised on the next call.
-        self._error: httpx.HTTPError | None = None
+        decoder = self._decoder = BodyDecoder(framing, length)
+        decoder.reusable = reusable
+        # Body bytes that came with the head, until they are decoded.
+        self._fresh = buffered
         self._watchdog: _Watchdog | None = None
-        if framing == _NONE or (framing == _LENGTH and length == 0):
+        if decoder.done:
             if buffered:
-                self._reusable = False  # bytes where no body may be
-            self._done = True
+                decoder.reusable = False  # bytes where no body may be
+            self._fresh = b""
             self._finish()
         elif read_timeout is not None:
             self._watchdog = transport._watch(conn, read_timeout)
@@ -578,26 +553,26 @@ class _ResponseStream(httpx.AsyncByteStream):
 
     async def __anext__(self) -> bytes:
         conn = self._conn
+        decoder = self._decoder
         if conn is None:
-            error = self._error
+            error = decoder.error
             if error is not None:
-                self._error = None
-                raise error
+                decoder.error = None
+                raise httpx.RemoteProtocolError(str(error), request=self._request) from None
             raise StopAsyncIteration
         try:
             while True:
                 if self._fresh:
-                    self._fresh = False
-                    data = self._pending
-                    self._pending = b""
+                    data = self._fresh
+                    self._fresh = b""
                 else:
                     timeout = self._read_timeout
                     if timeout is not None:
                         conn.read_deadline = trio.current_time() + timeout
                     try:
-                        # Always bytes from SocketStream/SSLStream; trio's ABC says
+                        # Always bytes from sockets and TLSStream; trio's ABC says
                         # bytes | bytearray.
-                        data = await conn.stream.receive_some(_READ_SIZE)  # type: ignore[assignment]
+                        data = await conn.receive(_READ_SIZE)  # type: ignore[assignment]
                     except _NETWORK_ERRORS as exc:
                         if conn.timed_out:
                             raise httpx.ReadTimeout(
@@ -606,140 +581,25 @@ class _ResponseStream(httpx.AsyncByteStream):
                         raise httpx.ReadError(_describe(exc), request=self._request) from exc
                     conn.read_deadline = _INF
                     if not data:
-                        self._eof()  # raises unless the body runs until EOF
+                        decoder.eof()  # raises unless the body runs until EOF
                         self._finish()
                         break
-                    if self._pending:  # chunked: a partial line from the last receive
-                        data = self._pending + data
-                        self._pending = b""
-                out = self._feed(data)
-                if self._done:
+                out = decoder.feed(data)
+                if decoder.done:
                     self._finish()
                 if out:
                     return out
-                if self._done:
+                if decoder.done:
                     break
+        except BodyError as exc:
+            self._abort()
+            raise httpx.RemoteProtocolError(str(exc), request=self._request) from None
         except BaseException:
-            # Read error, timeout, cancellation, bad framing: the body is
-            # incomplete and the connection unusable. Close it now.
+            # Read error, timeout, cancellation: the body is incomplete and the
+            # connection unusable. Close it now.
             self._abort()
             raise
         raise StopAsyncIteration
-
-    def _eof(self) -> None:
-        """The server closed the connection: fine only for a read-until-close body."""
-        framing = self._framing
-        if framing == _UNTIL_EOF:
-            self._done = True
-            self._reusable = False  # the server closed it
-            return
-        if framing == _LENGTH:
-            message = (
-                "peer closed connection without sending complete message body: "
-                f"received {self._received} bytes, expected {self._received + self._remaining}"
-            )
-        else:
-            message = (
-                "peer closed connection without sending complete message body "
-                "(incomplete chunked read)"
-            )
-        raise httpx.RemoteProtocolError(message, request=self._request)
-
-    def _feed(self, data: bytes) -> bytes:
-        """The body bytes in ``data`` (not empty); sets ``_done`` at the end of the body."""
-        framing = self._framing
-        if framing == _CHUNKED:
-            return self._dechunk(data)
-        if framing == _LENGTH:
-            size = len(data)
-            remaining = self._remaining
-            if size < remaining:
-                self._remaining = remaining - size
-                self._received += size
-                return data
-            if size > remaining:
-                self._reusable = False  # bytes after the body: don't trust the connection
-                data = data[:remaining]
-            self._remaining = 0
-            self._done = True
-            return data
-        return data  # _UNTIL_EOF: everything until the server closes
-
-    def _dechunk(self, buf: bytes) -> bytes:
-        """Chunked transfer coding (RFC 9112 §7.1): the chunk data in ``buf``.
-
-        An incomplete size line or CRLF at the end stays in ``_pending`` for the
-        next receive. Raises httpx.RemoteProtocolError on bad framing, unless data
-        came before it in ``buf``: then that data is returned first.
-        """
-        end = len(buf)
-        pos = 0
-        state = self._chunk_state
-        remaining = self._remaining
-        out: list[bytes] = []
-        try:
-            while pos < end:
-                if state == _DATA:
-                    stop = pos + remaining
-                    if stop <= end:
-                        out.append(buf[pos:stop])  # buf itself when it is exactly one chunk
-                        pos = stop
-                        state = _DATA_END
-                    else:
-                        out.append(buf[pos:])
-                        remaining -= end - pos
-                        pos = end
-                elif state == _SIZE:
-                    eol = buf.find(b"\r\n", pos)
-                    if eol < 0:
-                        if end - pos > _MAX_LINE:
-                            raise _BadBody("chunk header too long")
-                        break
-                    match = _CHUNK_HEADER.fullmatch(buf, pos, eol)
-                    if match is None:
-                        raise _BadBody(f"illegal chunk header: {buf[pos:eol]!r}")
-                    remaining = int(match[1], 16)
-                    pos = eol + 2
-                    state = _DATA if remaining else _TRAILER
-                elif state == _DATA_END:
-                    if end - pos < 2:
-                        break
-                    if buf[pos] != 13 or buf[pos + 1] != 10:
-                        raise _BadBody(f"malformed chunk footer: {buf[pos : pos + 2]!r}")
-                    pos += 2
-                    state = _SIZE
-                elif state == _TRAILER:
-                    # Trailer fields are dropped (httpx has no use for them).
-                    eol = buf.find(b"\r\n", pos)
-                    if eol < 0:
-                        if end - pos > _MAX_LINE:
-                            raise _BadBody("chunked trailer line too long")
-                        break
-                    state = _DONE if eol == pos else _TRAILER
-                    pos = eol + 2
-                else:  # _DONE, yet more bytes: not part of this response
-                    self._reusable = False
-                    pos = end
-        except _BadBody as exc:
-            error = httpx.RemoteProtocolError(str(exc), request=self._request)
-            if not out:
-                raise error from None
-            # Deliver the data before the damage; the error comes next.
-            self._error = error
-            self._reusable = False
-            state = _DONE
-            pos = end
-        self._chunk_state = state
-        self._remaining = remaining
-        if pos < end:
-            self._pending = buf[pos:]
-        if state == _DONE:
-            self._done = True
-            if pos < end:
-                self._reusable = False
-        if not out:
-            return b""
-        return out[0] if len(out) == 1 else b"".join(out)
 
     def _finish(self) -> None:
         """The body is complete: pool the connection now, not at aclose()."""
@@ -749,7 +609,8 @@ class _ResponseStream(httpx.AsyncByteStream):
         self._conn = None
         if self._watchdog is not None:
             self._watchdog.conns.discard(conn)
-        if self._reusable and self._error is None:
+        decoder = self._decoder
+        if decoder.reusable and decoder.error is None:
             self._transport._checkin(conn)
         else:
             conn.close()
@@ -769,14 +630,14 @@ class _ResponseStream(httpx.AsyncByteStream):
         # with the head and was never read): then the connection is clean and can
         # be reused. Otherwise close it now: the caller gave up mid-body and the
         # upstream must see the disconnect.
+        decoder = self._decoder
         if self._fresh:
-            self._fresh = False
-            data, self._pending = self._pending, b""
+            data, self._fresh = self._fresh, b""
             try:
-                self._feed(data)
-            except httpx.RemoteProtocolError:
-                self._done = False
-        if self._done:
+                decoder.feed(data)
+            except BodyError:
+                decoder.done = False
+        if decoder.done:
             self._finish()
         else:
             self._abort()

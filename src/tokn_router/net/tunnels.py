@@ -53,8 +53,9 @@ from socksio import (
 from socksio.socks5 import SOCKS5UsernamePasswordReply
 
 from tokn_router.errors import ToknError
+from tokn_router.net import h1client
 from tokn_router.net.client import ProxySetting, tls_context
-from tokn_router.net.streams import PrefixedStream
+from tokn_router.net.streams import PrefixedStream, TLSStream
 
 __all__ = ["OutboundError", "ProxyURL", "open_upstream", "parse_proxy_url", "proxy_for"]
 
@@ -263,31 +264,25 @@ async def _http_connect(
         token = f"{proxy.username}:{proxy.password or ''}".encode()
         headers.append(("Proxy-Authorization", "Basic " + base64.b64encode(token).decode()))
     conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD)
-    data = conn.send(h11.Request(method="CONNECT", target=target, headers=headers))
-    data = (data or b"") + (conn.send(h11.EndOfMessage()) or b"")
-    response: h11.Response | None = None
+
+    async def receive() -> bytes:
+        return bytes(await stream.receive_some(_RECEIVE_SIZE))
+
     try:
-        await stream.send_all(data)
-        while response is None:
-            try:
-                event = conn.next_event()
-            except h11.RemoteProtocolError as e:
-                raise OutboundError(f"{label} sent a malformed answer to CONNECT: {e}") from None
-            if event is h11.NEED_DATA:
-                chunk = await stream.receive_some(_RECEIVE_SIZE)
-                conn.receive_data(bytes(chunk))
-            elif isinstance(event, h11.Response):
-                response = event
-            elif not isinstance(event, h11.InformationalResponse):
-                raise OutboundError(f"{label} closed the connection without answering CONNECT")
+        await stream.send_all(b"".join(h1client.encode_request(conn, "CONNECT", target, headers)))
+        head = await h1client.read_head(conn, receive, "CONNECT")
+    except h11.RemoteProtocolError as e:
+        raise OutboundError(f"{label} sent a malformed answer to CONNECT: {e}") from None
+    except h1client.NoResponse:
+        raise OutboundError(f"{label} closed the connection without answering CONNECT") from None
     except (trio.BrokenResourceError, OSError) as e:
         raise OutboundError(f"{label}: connection failed during CONNECT: {_reason(e)}") from None
+    response = head.response
     if not 200 <= response.status_code < 300:
         reason = response.reason.decode("latin-1", "replace").strip()
         status = f"{response.status_code} {reason}".strip()
         raise OutboundError(f"{label} refused CONNECT to {target} ({status})")
-    trailing, _closed = conn.trailing_data
-    return _with_prefix(stream, bytes(trailing))
+    return _with_prefix(stream, bytes(head.buffered))
 
 
 def _socks_address(host: str) -> tuple[SOCKS5AType, bytes]:
@@ -398,9 +393,7 @@ async def open_upstream(
                 return await _tcp(host, port, target)
             stream = await _tcp(proxy.host, proxy.port, f"{proxy.scheme} proxy {proxy.where}")
             if proxy.scheme == "https":
-                tls = trio.SSLStream(
-                    stream, ssl_context or tls_context(), server_hostname=proxy.host
-                )
+                tls = TLSStream(stream, ssl_context or tls_context(), server_hostname=proxy.host)
                 stream = tls
                 try:
                     await tls.do_handshake()

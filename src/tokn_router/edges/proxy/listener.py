@@ -24,14 +24,14 @@ import contextlib
 import functools
 import logging
 import math
-import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import h11
 import trio
 
 from tokn_router.edges.proxy.ca import CertStore
-from tokn_router.net.streams import PrefixedStream
+from tokn_router.net import h1client
+from tokn_router.net.streams import PrefixedStream, TLSStream
 from tokn_router.wire.http1 import (
     NEED_DATA,
     Body,
@@ -92,14 +92,6 @@ def _is_client_error(exc: BaseException) -> bool:
     return isinstance(exc, _CLIENT_ERRORS)
 
 
-def _is_tls_eof(exc: BaseException | None) -> bool:
-    # The check trio's https_compatible mode uses (OpenSSL 3 reports a plain EOF as
-    # UNEXPECTED_EOF_WHILE_READING, not always as SSLEOFError).
-    return isinstance(exc, ssl.SSLEOFError) or "UNEXPECTED_EOF_WHILE_READING" in str(
-        getattr(exc, "strerror", "") or ""
-    )
-
-
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, BaseExceptionGroup):
         return "; ".join(_describe(e) for e in exc.exceptions)
@@ -133,15 +125,10 @@ class _Reader:
             if ev is NEED_DATA:
                 # The timeout bounds each wait for bytes, not the whole message: a slow
                 # but steady upload is fine, a client that stops sending is not.
-                try:
-                    with trio.fail_after(max_wait):
-                        data = await self.stream.receive_some(RECEIVE_SIZE)
-                except trio.BrokenResourceError as e:
-                    # A TLS client that closes without close_notify: HTTP framing already
-                    # tells a clean close from a truncated request, so treat it as EOF.
-                    if not _is_tls_eof(e.__cause__):
-                        raise
-                    data = b""
+                # (A TLS client that closes without close_notify reads as EOF here:
+                # HTTP framing tells a clean close from a truncated request.)
+                with trio.fail_after(max_wait):
+                    data = await self.stream.receive_some(RECEIVE_SIZE)
                 self.conn.receive_data(bytes(data))
                 continue
             if isinstance(ev, RequestHead | Body | EndOfRequest | ConnectionClosed):
@@ -415,9 +402,8 @@ async def relay_request(
         headers.append(("content-length", length))
     headers.append(("connection", "close"))
     try:
-        await upstream.send_all(
-            conn.send(h11.Request(method=ctx.method, target=ctx.path, headers=headers)) or b""
-        )
+        head_bytes = h1client.encode_request(conn, ctx.method, ctx.path, headers, None)
+        await upstream.send_all(b"".join(head_bytes))
         async for chunk in ctx.iter_body():
             await upstream.send_all(conn.send(h11.Data(data=chunk)) or b"")
         await upstream.send_all(conn.send(h11.EndOfMessage()) or b"")
@@ -428,38 +414,48 @@ async def relay_request(
         h11.LocalProtocolError,
     ) as e:
         raise UpstreamFailed(f"sending the request failed: {_describe(e)}") from e
-    while True:
-        ev = conn.next_event()
-        if ev is h11.NEED_DATA:
-            try:
-                with trio.fail_after(read_timeout):
-                    data = bytes(await upstream.receive_some(RECEIVE_SIZE))
-            except (
-                trio.BrokenResourceError,
-                trio.ClosedResourceError,
-                OSError,
-                trio.TooSlowError,
-            ) as e:
-                if not ctx.response_started:
-                    raise UpstreamFailed(f"reading the response failed: {_describe(e)}") from e
-                raise
-            conn.receive_data(data)
-            continue
-        if isinstance(ev, h11.InformationalResponse):
-            continue  # 100 Continue was already dealt with on the client side
-        if isinstance(ev, h11.Response):
-            await ctx.start_response(
-                ev.status_code, list(ev.headers), reason=ev.reason.decode("latin-1")
-            )
-        elif isinstance(ev, h11.Data):
-            await ctx.send(bytes(ev.data))
-        elif isinstance(ev, h11.EndOfMessage):
-            await ctx.end_response()
-            return
-        else:  # ConnectionClosed before the end of the response
-            if not ctx.response_started:
-                raise UpstreamFailed("upstream closed the connection without a response")
-            raise trio.BrokenResourceError("upstream closed mid-response")
+
+    async def receive() -> bytes:
+        with trio.fail_after(read_timeout):
+            return bytes(await upstream.receive_some(RECEIVE_SIZE))
+
+    try:
+        head = await h1client.read_head(conn, receive, ctx.method)
+    except h1client.NoResponse:
+        raise UpstreamFailed("upstream closed the connection without a response") from None
+    except (
+        trio.BrokenResourceError,
+        trio.ClosedResourceError,
+        OSError,
+        trio.TooSlowError,
+        h11.RemoteProtocolError,
+    ) as e:
+        raise UpstreamFailed(f"reading the response failed: {_describe(e)}") from e
+    response = head.response
+    await ctx.start_response(
+        response.status_code, list(response.headers), reason=response.reason.decode("latin-1")
+    )
+    decoder = h1client.BodyDecoder(head.framing, head.length)
+    data = head.buffered
+    while not decoder.done:
+        if not data:
+            data = await receive()
+            if not data:
+                try:
+                    decoder.eof()
+                except h1client.BodyError:
+                    raise trio.BrokenResourceError("upstream closed mid-response") from None
+                break
+        try:
+            out = decoder.feed(data)
+        except h1client.BodyError as e:
+            raise trio.BrokenResourceError(f"upstream broke the response framing: {e}") from None
+        data = b""
+        if out:
+            await ctx.send(out)
+        if decoder.error is not None:
+            raise trio.BrokenResourceError(f"upstream broke the response framing: {decoder.error}")
+    await ctx.end_response()
 
 
 # ---------------------------------------------------------------------- proxy
@@ -658,14 +654,14 @@ class _Proxy:
         peer: tuple[str, int] | None,
     ) -> None:
         await stream.send_all(reader.conn.connect_established())
-        client = PrefixedStream(stream, reader.conn.trailing_data)
-        with trio.fail_after(self.head_timeout):
-            first = await client.receive_some(RECEIVE_SIZE)
+        first = reader.conn.trailing_data
+        if not first:
+            with trio.fail_after(self.head_timeout):
+                first = bytes(await stream.receive_some(RECEIVE_SIZE))
         if not first:
             return
-        client.unread(bytes(first))
         if first[0] != 0x16:  # not a TLS handshake record: plain HTTP inside the tunnel
-            await self._serve_inner(client, req, "http", peer)
+            await self._serve_inner(PrefixedStream(stream, first), req, "http", peer)
             return
         ctx = self.certstore.cached_context(req.host)
         if ctx is None:
@@ -675,10 +671,11 @@ class _Proxy:
                 ctx = await trio.to_thread.run_sync(self.certstore.server_context, req.host)
             except ValueError as e:  # a CONNECT host no certificate can name
                 raise ProxyProtocolError(str(e)) from None
-        # https_compatible=False so aclose sends close_notify: a close-delimited response
-        # (HTTP/1.0 client) is only trustworthy with it. Reads tolerate its absence
-        # (see _Reader.next_event), which is all https_compatible=True would add.
-        tls = trio.SSLStream(client, ctx, server_side=True)
+        # TLSStream hands over every complete record per read (a client's request
+        # body in many records comes out in one piece). Its aclose sends close_notify:
+        # a close-delimited response (HTTP/1.0 client) is only trustworthy with it.
+        # The bytes already read (ClientHello) go in first.
+        tls = TLSStream(stream, ctx, server_side=True, initial=first)
         try:
             with trio.fail_after(self.head_timeout):
                 await tls.do_handshake()
