@@ -8,3 +8,10 @@
 Only the store does I/O (small blocking file reads and writes, run by the CLI or
 in a thread by the daemon); the rest is pure, for the request path to call.
 """
+
+__all__ = [
+    "extract",
+    "keys",
+    "limits",
+    "policy",
+]

@@ -1,5 +1,14 @@
-"""The MITM forward proxy: local CA (:mod:`.ca`), sans-I/O HTTP/1.1 (:mod:`.http1`),
-the trio listener (:mod:`.listener`) and client set-up scripts (:mod:`.shellenv`).
+"""The MITM forward proxy: the trio listener (:mod:`.listener`), what it does with an
+intercepted request (:mod:`.modes`), the local CA (:mod:`.certs` issues, :mod:`.ca`
+stores) and client set-up scripts (:mod:`.shellenv`).
 
 Nothing is imported here, so ``proxy env`` stays cheap to start.
 """
+
+__all__ = [
+    "ca",
+    "certs",
+    "listener",
+    "modes",
+    "shellenv",
+]
