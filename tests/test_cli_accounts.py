@@ -129,7 +129,7 @@ def test_account_remove(fake: FakeUpstream, run_cli: Any, write_config: Any) -> 
     line = one_error_line(run_cli("account", "remove", "bob"))
     assert "no account with id 'bob'" in line
     assert path.read_bytes() == before
-    r = run_cli("account", "remove", "cn")
+    r = run_cli("account", "remove", "cn", "--yes")
     assert r.returncode == 0 and "Removed account 'cn'" in r.stdout
     text = path.read_text()
     assert text.startswith("# my accounts\n")
