@@ -408,13 +408,11 @@ def _endpoints(cfg: Config) -> list[tuple[str, str]]:
     from tokn_router.accounts.providers.base import Credential
 
     out: list[tuple[str, str]] = []
-    seen: set[str] = set()
 
     def add(name: str, url: str) -> None:
-        url = url.rstrip("/")
-        if url not in seen:
-            seen.add(url)
-            out.append((name, url))
+        entry = (name, url.rstrip("/"))
+        if entry not in out:
+            out.append(entry)
 
     copilot = [a for a in cfg.accounts if a.provider == "github-copilot" and a.enabled]
     others: list[Account] = [
