@@ -101,7 +101,7 @@ def listen_error(host: str, port: int, eg: BaseExceptionGroup[OSError], flag: st
     hint = ""
     if getattr(err, "errno", None) == errno.EADDRINUSE:
         hint = (
-            f" (another tokn-router running? `tokn-router status` tells; "
+            f" (another tokn-router running? `tokn-router status` shows it; "
             f"or pick another port with {flag} N)"
         )
     elif getattr(err, "errno", None) == errno.EACCES:
@@ -112,7 +112,7 @@ def listen_error(host: str, port: int, eg: BaseExceptionGroup[OSError], flag: st
     return ToknError(f"cannot listen on {shown}:{port}: {reason}{hint}")
 
 
-class _OnceFilter(logging.Filter):
+class _DropListenerLine(logging.Filter):
     """Drop the proxy listener's own "proxy listening on" record.
 
     The banner already prints that line on stdout (with the URL and route
@@ -134,7 +134,7 @@ def setup_logging() -> None:
     logging.getLogger("hypercorn").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpx2").setLevel(logging.WARNING)
-    logging.getLogger("tokn_router.proxy").addFilter(_OnceFilter())
+    logging.getLogger("tokn_router.proxy").addFilter(_DropListenerLine())
 
 
 def _say(line: str) -> None:

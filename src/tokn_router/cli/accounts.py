@@ -11,7 +11,7 @@ import msgspec
 from cyclopts import App, Parameter
 
 from tokn_router import redact
-from tokn_router.accounts import config
+from tokn_router.accounts import config, config_ops
 from tokn_router.accounts.config import Account, Config
 from tokn_router.accounts.providers import PROVIDERS, Credential, RequestInfo
 from tokn_router.cli import _context, app
@@ -248,8 +248,6 @@ def show_lines(cfg: Config, acc: Account) -> list[str]:
 
 
 def show_json(cfg: Config, acc: Account) -> dict[str, Any]:
-    from tokn_router.accounts import config_ops
-
     provider = PROVIDERS.get(acc.provider)
     return {
         **account_json(acc),

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from cyclopts import App, Parameter
 
+from tokn_router import redact
 from tokn_router.accounts import config_ops
 from tokn_router.cli import _context, app
 from tokn_router.cli._params import Flag, Json
@@ -20,8 +21,6 @@ AccountOpt = Annotated[str | None, Parameter(name="--account", metavar="ID")]
 
 def _json_value(value: Any, key: str) -> Any:
     """The value as JSON-ready builtins, secrets redacted like the text output."""
-    from tokn_router import redact
-
     last = key.split(".")[-1]
     if isinstance(value, str):
         if last in redact.SECRET_KEYS:
@@ -114,8 +113,6 @@ def list_(*, as_json: Json = False) -> None:
     cfg = _context.config_file().load()
     path = _context.config_path()
     if as_json:
-        from tokn_router import redact
-
         print(json.dumps(redact.data(config_ops.effective(cfg, path)), indent=2))
         return
     print(config_ops.render_list(cfg, path), end="")

@@ -16,12 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from tokn_router.accounts import config
+from tokn_router import redact
+from tokn_router.accounts import config, config_ops
 from tokn_router.accounts.config import Account, Config
 from tokn_router.accounts.providers import PROVIDERS
 from tokn_router.cli import _context, app
 from tokn_router.cli._params import Flag, Host, Json, Port
+from tokn_router.cli.proxy_cmd import client_proxy_url
 from tokn_router.errors import ConfigError, ToknError
+
+# httpx, trio, the GitHub client and the CA store are imported inside the commands:
+# every other command (and --help) starts faster without them.
 
 JSON_FORMAT = 1
 PROBE_TIMEOUT_SECS = 3.0  # the daemon is local: it answers at once or not at all
@@ -372,8 +377,6 @@ def check_accounts(r: Report, cfg: Config) -> None:
 
 
 def check_identity(r: Report, cfg: Config) -> None:
-    from tokn_router.accounts import config_ops
-
     # the settings of an account that sets none: the current built-in identity
     probe_acc = Account(id="defaults", provider="github-copilot")
     defaults = config_ops.effective_account(probe_acc, cfg.github)["settings"]
@@ -433,8 +436,6 @@ def _endpoints(cfg: Config) -> list[tuple[str, str]]:
 
 async def _reach(client: Any, name: str, url: str, limit: float) -> Check:
     import httpx2 as httpx
-
-    from tokn_router import redact
 
     shown = redact.url(url)
     started = time.monotonic()
@@ -496,8 +497,6 @@ def _same(a: str | None, b: Path) -> bool:
 
 
 def check_ca(r: Report, cfg: Config, cfg_path: Path) -> None:
-    from tokn_router.cli.proxy_cmd import client_proxy_url
-
     folder = config.ca_dir(cfg, cfg_path)
     crt, key = folder / "ca.crt", folder / "ca.key"
     if not crt.exists() and not key.exists():
