@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 import tomllib
@@ -129,7 +130,7 @@ def test_account_remove(fake: FakeUpstream, run_cli: Any, write_config: Any) -> 
     line = one_error_line(run_cli("account", "remove", "bob"))
     assert "no account with id 'bob'" in line
     assert path.read_bytes() == before
-    r = run_cli("account", "remove", "cn")
+    r = run_cli("account", "remove", "cn", "--yes")
     assert r.returncode == 0 and "Removed account 'cn'" in r.stdout
     text = path.read_text()
     assert text.startswith("# my accounts\n")
@@ -164,3 +165,56 @@ def test_headers_other_accounts(fake: FakeUpstream, run_cli: Any, write_config: 
     assert "X-Initiator: <user|agent" in r.stdout
     no_secrets(r.stdout, "gho_fresh0123456789")
     assert "no account with id 'zz'" in one_error_line(run_cli("headers", "--account", "zz"))
+
+
+def test_account_show_quota_gives_up_on_a_silent_github(
+    fake: FakeUpstream, run_cli: Any, write_config: Any
+) -> None:
+    path, _ = setup_accounts(fake, write_config)
+    path.write_text("[upstream]\nconnect_timeout_secs = 1\n\n" + path.read_text())
+    fake.script("/copilot_internal/user", hang=True)
+    started = time.monotonic()
+    r = run_cli("account", "show", "alice", timeout=30)
+    assert time.monotonic() - started < 10
+    assert r.returncode == 0, r.stderr
+    assert f"contacting GitHub at {fake.url} for the quota…" in r.stdout
+    (quota,) = [ln for ln in r.stdout.splitlines() if ln.startswith("quota:")]
+    assert "unavailable" in quota and "did not answer within 1s" in quota
+
+
+def test_account_remove_asks_first(
+    fake: FakeUpstream, run_cli: Any, write_config: Any, cli_env: dict[str, str]
+) -> None:
+    from tests.cli_pty import drain, read_until, spawn_on_pty
+
+    path, _ = setup_accounts(fake, write_config)
+    before = path.read_bytes()
+    # no terminal to ask on: refuse rather than delete silently
+    line = one_error_line(run_cli("account", "remove", "cn"), code=2)
+    assert "without confirmation" in line and "--yes" in line
+    assert path.read_bytes() == before
+    # on a terminal: "n" keeps it
+    proc, master = spawn_on_pty(["account", "remove", "cn"], cli_env)
+    try:
+        seen = read_until(master, b"[y/N] ")
+        assert b"Remove account 'cn' (zhipuai)?" in seen
+        os.write(master, b"n\n")
+        seen += drain(master, proc)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1 and b"was kept" in seen
+    assert path.read_bytes() == before
+    # "y" removes it
+    proc, master = spawn_on_pty(["account", "remove", "cn"], cli_env)
+    try:
+        read_until(master, b"[y/N] ")
+        os.write(master, b"y\n")
+        seen = drain(master, proc)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and b"Removed account 'cn'" in seen
+    assert [a["id"] for a in tomllib.loads(path.read_text())["accounts"]] == [
+        "alice",
+        "fresh",
+        "old",
+    ]

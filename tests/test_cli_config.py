@@ -146,6 +146,121 @@ def test_edit_validates(run_cli: Any, write_config: Any, tmp_path: Path) -> None
     assert path.read_bytes() == before
 
 
+# -------------------------------------------------------------------- config edges
+
+
+def test_unset_leaves_no_empty_table_behind(run_cli: Any, write_config: Any) -> None:
+    path = write_config(
+        "# top\n[server]\nport = 5000\n\n[pool]\n# why 3: flaky upstream\n"
+        'failure_cooldown_secs = 3\n\n[proxy_mode.provider_modes]\nzai = "route"\n\n'
+        '[[accounts]]\nid = "a"\nprovider = "zai"\napi_key = "zai-key-0123456789"\n'
+        '[accounts.settings]\nuser_agent = "x/1"\n'
+    )
+    for args in (
+        ["server.port"],
+        ["pool.failure_cooldown_secs"],
+        ["proxy_mode.provider_modes.zai"],
+        ["--account", "a", "settings.user_agent"],
+    ):
+        assert "unset " in ok(run_cli("config", "unset", *args))
+    text = path.read_text()
+    assert "[server]" not in text and "provider_modes" not in text and "[proxy_mode" not in text
+    assert "[accounts.settings]" not in text
+    assert "[pool]\n# why 3: flaky upstream" in text  # a table with a comment is the user's
+    assert text.startswith("# top\n") and '[[accounts]]\nid = "a"' in text
+    assert tomllib.loads(text)["accounts"][0]["api_key"] == "zai-key-0123456789"
+
+
+def test_unclosed_table_header_is_named(run_cli: Any, write_config: Any) -> None:
+    # with a [server] table already present tomllib says "Cannot declare ('server',) twice"
+    path = write_config('[server]\nhost = "127.0.0.1"\n\n[server\nport = 5000\n')
+    line = one_error_line(run_cli("config", "list"), code=2)
+    assert line == (
+        f"tokn-router: error: {path}:4: invalid TOML: unclosed table header '[server' (missing ']')"
+    )
+    path = write_config('[[accounts]]\nid = "a"\n[[accounts\nid = "b"\n')
+    assert "unclosed table header '[[accounts' (missing ']]')" in one_error_line(
+        run_cli("account", "list")
+    )
+
+
+_EDITOR = """\
+import os, pathlib, sys
+p = pathlib.Path(sys.argv[1])
+runs = pathlib.Path(os.environ["RUNS"])
+n = int(runs.read_text()) if runs.exists() else 0
+runs.write_text(str(n + 1))
+# first run: a typo; later runs: the user fixes it
+text = p.read_text()
+if n == 0:
+    p.write_text(text.replace("port = 4141", "port = 5000\\n[server"))
+else:
+    p.write_text(text.replace("\\n[server   #", "   #"))
+"""
+
+
+def _editor(tmp_path: Path) -> dict[str, str]:
+    script = tmp_path / "editor.py"
+    script.write_text(_EDITOR)
+    return {"VISUAL": f"{sys.executable} {script}", "RUNS": str(tmp_path / "runs")}
+
+
+def _edit_copies(state_dir: Path) -> list[Path]:
+    return sorted(state_dir.glob("config.edit-*"))
+
+
+def test_failed_edit_leaves_no_copy_behind(
+    run_cli: Any, write_config: Any, env_home: Any, tmp_path: Path
+) -> None:
+    path = write_config(COMMENTED)
+    before = path.read_bytes()
+    line = one_error_line(run_cli("config", "edit", env=_editor(tmp_path)), code=2)
+    assert "unclosed table header '[server'" in line and "your edit was discarded" in line
+    assert path.read_bytes() == before
+    assert _edit_copies(env_home.state_dir) == []
+
+
+def test_failed_edit_offers_to_reopen_the_editor(
+    cli_env: dict[str, str], write_config: Any, env_home: Any, tmp_path: Path
+) -> None:
+    from tests.cli_pty import drain, read_until, spawn_on_pty
+
+    path = write_config(COMMENTED)
+    proc, master = spawn_on_pty(["config", "edit"], {**cli_env, **_editor(tmp_path)})
+    try:
+        seen = read_until(master, b"Re-open the editor to fix it? [Y/n] ")
+        assert b"unclosed table header '[server'" in seen
+        assert len(_edit_copies(env_home.state_dir)) == 1  # the edit waits for the user
+        os.write(master, b"y\n")
+        seen += drain(master, proc)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, seen
+    assert b"Saved" in seen and (tmp_path / "runs").read_text() == "2"
+    assert "port = 5000   # the API port" in path.read_text()  # the first edit, fixed
+    assert _edit_copies(env_home.state_dir) == []
+
+
+def test_declined_reopen_discards_the_edit(
+    cli_env: dict[str, str], write_config: Any, env_home: Any, tmp_path: Path
+) -> None:
+    from tests.cli_pty import drain, read_until, spawn_on_pty
+
+    path = write_config(COMMENTED)
+    before = path.read_bytes()
+    proc, master = spawn_on_pty(["config", "edit"], {**cli_env, **_editor(tmp_path)})
+    try:
+        read_until(master, b"[Y/n] ")
+        os.write(master, b"n\n")
+        seen = drain(master, proc)
+    finally:
+        proc.kill()
+    assert proc.returncode == 2, seen
+    assert b"your edit was discarded" in seen and b"Traceback" not in seen
+    assert path.read_bytes() == before and (tmp_path / "runs").read_text() == "1"
+    assert _edit_copies(env_home.state_dir) == []
+
+
 # ----------------------------------------------------------------------- bad input (#7)
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import sqlite3
 import subprocess
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -336,3 +337,17 @@ def test_import_with_broken_config_fails_before_network(
     assert f"{path}:2: invalid TOML" in line
     assert path.read_bytes() == before
     assert fake.requests == []
+
+
+def test_import_gives_up_on_a_silent_github(
+    fake: FakeUpstream, run_cli: Any, write_config: Any
+) -> None:
+    path = write_config("[upstream]\nconnect_timeout_secs = 1\n")
+    fake.script("/copilot_internal/v2/token", hang=True)
+    started = time.monotonic()
+    r = run_cli("import", "--from", "gh", env={"GH_TOKEN": GH_TOKEN}, timeout=30)
+    assert time.monotonic() - started < 10  # seconds, not the 300 s stream timeout
+    line = one_error_line(r)
+    assert "/copilot_internal/v2/token" in line and GH_TOKEN not in line
+    assert f"contacting GitHub at {fake.url}…" in r.stdout.splitlines()
+    assert path.read_text() == "[upstream]\nconnect_timeout_secs = 1\n"

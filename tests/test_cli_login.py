@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import fcntl
 import itertools
 import os
-import pty
-import select
 import signal
 import subprocess
-import termios
 import time
 import tomllib
 from pathlib import Path
@@ -18,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.fakes import DeviceOutcome, FakeUpstream
+from tests.cli_pty import drain, read_until, spawn_on_pty
 from tests.fakes.process import CLI
 
 
@@ -194,72 +191,16 @@ def test_login_zai_no_key(run_cli: Any, env_home: Any) -> None:
     assert not env_home.config_path.exists()
 
 
-def _spawn_on_pty(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
-    master, slave = pty.openpty()
-
-    def make_controlling_tty() -> None:
-        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-    proc = subprocess.Popen(
-        [str(CLI), *args],
-        env=env,
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        start_new_session=True,
-        preexec_fn=make_controlling_tty,  # getpass talks to /dev/tty
-    )
-    os.close(slave)
-    return proc, master
-
-
-def _read_until(master: int, needle: bytes, timeout: float = 15) -> bytes:
-    buf = b""
-    deadline = time.monotonic() + timeout
-    while needle not in buf:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError(f"{needle!r} not seen; got {buf!r}")
-        ready, _, _ = select.select([master], [], [], left)
-        if ready:
-            try:
-                chunk = os.read(master, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            buf += chunk
-    return buf
-
-
-def _drain(master: int, proc: subprocess.Popen[bytes]) -> bytes:
-    buf = b""
-    while True:
-        ready, _, _ = select.select([master], [], [], 10)
-        if not ready:
-            break
-        try:
-            chunk = os.read(master, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        buf += chunk
-    proc.wait(timeout=15)
-    os.close(master)
-    return buf
-
-
 def test_login_zai_hidden_input_on_a_terminal(
     fake: FakeUpstream, cli_env: dict[str, str], env_home: Any
 ) -> None:
-    proc, master = _spawn_on_pty(
+    proc, master = spawn_on_pty(
         ["login", "--provider", "zai-coding-plan", "--base-url", fake.zai_url], cli_env
     )
     try:
-        seen = _read_until(master, b"(input hidden): ")
+        seen = read_until(master, b"(input hidden): ")
         os.write(master, b"zai-typed-secret-42\n")
-        seen += _drain(master, proc)
+        seen += drain(master, proc)
     finally:
         proc.kill()
     assert proc.returncode == 0, seen
@@ -273,14 +214,14 @@ def test_login_zai_ctrl_c_at_the_prompt(
 ) -> None:
     path = write_config("[server]\nport = 4141\n")
     before = path.read_bytes()
-    proc, master = _spawn_on_pty(
+    proc, master = spawn_on_pty(
         ["login", "--provider", "zai-coding-plan", "--base-url", fake.zai_url], cli_env
     )
     try:
-        seen = _read_until(master, b"(input hidden): ")
+        seen = read_until(master, b"(input hidden): ")
         os.write(master, b"zai-partial")
         os.write(master, b"\x03")  # Ctrl-C, turned into SIGINT by the terminal
-        seen += _drain(master, proc)
+        seen += drain(master, proc)
     finally:
         proc.kill()
     assert proc.returncode == 130, seen
@@ -336,3 +277,49 @@ def test_proxy_no_proxy_list_bypasses(
     )
     assert r.returncode == 0, r.stderr
     assert http_proxy.records == []
+
+
+# ---------------------------------------------------------- control-plane timeouts
+
+
+def test_default_control_plane_timeout_is_short() -> None:
+    from tokn_router.accounts.config import Config
+    from tokn_router.cli import _net
+
+    # ~15 s: what `login`, `import`, `account show` and `doctor` wait for GitHub
+    assert _net.control_timeout(Config()) == 15.0
+    assert Config().upstream.read_timeout_secs == 300.0  # the stream timeout stays long
+
+
+def test_login_gives_up_on_a_silent_github(
+    fake: FakeUpstream, run_cli: Any, write_config: Any
+) -> None:
+    path = write_config("[upstream]\nconnect_timeout_secs = 1\n")
+    before = path.read_bytes()
+    fake.script("/login/device/code", hang=True)
+    started = time.monotonic()
+    r = run_cli("login", timeout=30)
+    elapsed = time.monotonic() - started
+    line = one_error_line(r)
+    assert line == (
+        f"tokn-router: error: GitHub at {fake.url} did not answer within 1s; check your "
+        "network and the [proxy] settings (`tokn-router doctor` checks both)"
+    )
+    assert r.stdout.splitlines()[0] == f"contacting GitHub at {fake.url}…"
+    assert elapsed < 10  # the requirement: seconds, not the 300 s stream timeout
+    assert path.read_bytes() == before
+
+
+def test_login_zai_gives_up_on_a_silent_api(
+    fake: FakeUpstream, run_cli: Any, write_config: Any
+) -> None:
+    write_config("[upstream]\nconnect_timeout_secs = 1\n")
+    fake.script("/api/coding/paas/v4/models", hang=True)
+    started = time.monotonic()
+    r = run_cli(
+        "login", "--provider", "zai-coding-plan", "--base-url", fake.zai_url, input="zai-k\n"
+    )
+    assert time.monotonic() - started < 10
+    line = one_error_line(r)
+    assert "/api/coding/paas/v4/models" in line and "zai-k" not in line
+    assert r.stdout.startswith(f"contacting Z.AI Coding Plan at {fake.zai_url}…")

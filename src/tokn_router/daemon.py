@@ -20,6 +20,7 @@ exits 0.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import ipaddress
 import logging
@@ -35,6 +36,7 @@ import trio
 from hypercorn import trio as hypercorn_trio
 from hypercorn.config import Config as HConfig
 
+from tokn_router._version import __version__
 from tokn_router.accounts import config as config_mod
 from tokn_router.accounts.config import Config, ConfigFile, ProxyModeConfig
 from tokn_router.accounts.pool import AccountState, Pool
@@ -93,6 +95,45 @@ def check_bind(host: str, allow_remote: bool, what: str = "--host") -> None:
         )
 
 
+def _leaf_errors(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaf_errors(sub)]
+    return [exc]
+
+
+def listen_error(host: str, port: int, eg: BaseExceptionGroup[OSError], flag: str) -> ToknError:
+    """One line for a listener that cannot bind, with what to do about it.
+
+    hypercorn and trio wrap the OSError in nurseries of their own; the user
+    needs the errno text, not "Exceptions from Trio nursery (1 sub-exception)".
+    """
+    err = _leaf_errors(eg)[0]
+    reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
+    hint = ""
+    if getattr(err, "errno", None) == errno.EADDRINUSE:
+        hint = (
+            f" (another tokn-router running? `tokn-router status` shows it; "
+            f"or pick another port with {flag} N)"
+        )
+    elif getattr(err, "errno", None) == errno.EACCES:
+        hint = f" (ports below 1024 need privileges; pick another with {flag} N)"
+    elif getattr(err, "errno", None) == errno.EADDRNOTAVAIL:
+        hint = " (no network interface has that address)"
+    shown = f"[{host}]" if ":" in host else host
+    return ToknError(f"cannot listen on {shown}:{port}: {reason}{hint}")
+
+
+class _DropListenerLine(logging.Filter):
+    """Drop the proxy listener's own "proxy listening on" record.
+
+    The banner already prints that line on stdout (with the URL and route
+    mode); a second copy on stderr only confuses.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("proxy listening on")
+
+
 def setup_logging() -> None:
     level = os.environ.get("TOKN_ROUTER_LOG", "info").upper()
     logging.basicConfig(
@@ -104,10 +145,30 @@ def setup_logging() -> None:
     logging.getLogger("hypercorn").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpx2").setLevel(logging.WARNING)
+    logging.getLogger("tokn_router.proxy").addFilter(_DropListenerLine())
 
 
 def _say(line: str) -> None:
     print(line, flush=True)
+
+
+def _client_url(url: str) -> str:
+    """A URL a local client can use: a wildcard bind becomes loopback."""
+    for wildcard, local in (("//0.0.0.0:", "//127.0.0.1:"), ("//[::]:", "//[::1]:")):
+        url = url.replace(wildcard, local)
+    return url.rstrip("/")
+
+
+def client_hint(url: str | None, proxy_url: str | None) -> str:
+    """The one line that tells a user where to point their clients."""
+    if url:
+        base = _client_url(url)
+        return f"point your client here: OPENAI_BASE_URL={base}/v1 ANTHROPIC_BASE_URL={base}"
+    assert proxy_url is not None
+    return (
+        f"point your client here: HTTPS_PROXY={_client_url(proxy_url)} "
+        '(eval "$(tokn-router proxy env)" sets it and the CA variables)'
+    )
 
 
 class Daemon:
@@ -139,6 +200,7 @@ class Daemon:
         self._ledger: Any = None
         self._modes: Any = None
         self._certstore: Any = None
+        self._listeners: dict[str, str | None] = {"api": None, "proxy": None}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -227,9 +289,8 @@ class Daemon:
                 )
             )
         except* OSError as eg:
-            err = eg.exceptions[0]
-            reason = getattr(err, "strerror", None) or str(err)
-            raise ToknError(f"cannot listen on {host}:{self.proxy_port}: {reason}") from None
+            flag = "--port" if not self.opts.api else "--proxy-port"
+            raise listen_error(host, self.proxy_port, eg, flag) from None
         nursery.start_soon(self._warm_leaves)
         shown = f"[{host}]" if ":" in host else host
         return f"http://{shown}:{port}"
@@ -282,13 +343,13 @@ class Daemon:
         try:
             binds = await nursery.start(run_api)
         except* OSError as eg:
-            err = eg.exceptions[0]
-            reason = getattr(err, "strerror", None) or str(err)
-            raise ToknError(f"cannot listen on {host}:{self.port}: {reason}") from None
+            raise listen_error(host, self.port, eg, "--port") from None
         return str(binds[0]) if binds else f"http://{host}:{self.port}"
 
     def _banner(self, url: str | None, proxy_url: str | None) -> None:
         # "listening on" comes last: whoever waits for it sees the whole banner.
+        self._listeners = {"api": url, "proxy": proxy_url}
+        _say(f"tokn-router {__version__}")
         states = self.pool.states
         if not states:
             _say(
@@ -311,6 +372,7 @@ class Daemon:
         if proxy_url:
             mode = self.opts.proxy_route_mode or self.cfg.proxy_mode.route_mode
             _say(f"proxy listening on {proxy_url} (route mode: {mode})")
+        _say(client_hint(url, proxy_url))
         if url:
             _say(f"listening on {url}")
 
@@ -410,9 +472,11 @@ class Daemon:
             self._ledger.submit(record)
 
     def _health_extra(self) -> dict[str, Any]:
-        if self._ledger is None:
-            return {}
-        return {"usage": self._ledger.health_dict()}
+        # listeners: what `tokn-router status` shows (None until the banner ran)
+        extra: dict[str, Any] = {"listeners": self._listeners}
+        if self._ledger is not None:
+            extra["usage"] = self._ledger.health_dict()
+        return extra
 
 
 async def serve(opts: ServeOptions) -> None:

@@ -191,6 +191,25 @@ def _check_semantics(path: Path, text: str, cfg: Config) -> None:
             )
 
 
+_UNCLOSED_HEADER_RE = re.compile(r"^\s*(\[\[?\s*[A-Za-z0-9_\"'][A-Za-z0-9_.\"' -]*?)\s*(#.*)?$")
+
+
+def _unclosed_header(text: str, until: int | None) -> tuple[int, str] | None:
+    """The first ``[server`` line (a table header without its ``]``), if any.
+
+    tomllib reports such a line by whatever it trips over next ("Cannot
+    declare ('server',) twice" when ``[server]`` also exists), which hides the
+    actual typo.
+    """
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if until is not None and lineno > until:
+            break
+        m = _UNCLOSED_HEADER_RE.match(line)
+        if m and "]" not in line.split("#", 1)[0]:
+            return lineno, m.group(1).strip()
+    return None
+
+
 def parse(text: str, path: Path) -> Config:
     """Parse and validate config text; every failure is one :class:`ConfigError` line."""
     try:
@@ -204,6 +223,13 @@ def parse(text: str, path: Path) -> Config:
         else:  # "(at end of document)": point at the last line
             reason = reason.replace("(at end of document)", "at end of file").strip()
             where = f"{path}:{max(1, len(text.splitlines()))}"
+        unclosed = _unclosed_header(text, int(m.group(1)) if m else None)
+        if unclosed is not None:
+            lineno, header = unclosed
+            raise ConfigError(
+                f"{path}:{lineno}: invalid TOML: unclosed table header {header!r} "
+                f"(missing '{']]' if header.startswith('[[') else ']'}')"
+            ) from None
         raise ConfigError(f"{where}: invalid TOML: {reason}") from None
     try:
         cfg = msgspec.convert(data, Config)

@@ -15,6 +15,7 @@ import shlex
 import subprocess
 import tempfile
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
@@ -272,10 +273,33 @@ def unset_value(cfg_file: ConfigFile, key: str, *, account: str | None = None) -
                 raise AccountError(
                     f"no account with id '{account}' (see `tokn-router account list`)"
                 )
-        return config.doc_unset(node, key)
+        removed = config.doc_unset(node, key)
+        if removed:
+            _prune_empty_tables(node, key.split("."))
+        return removed
 
     _, removed = _update(cfg_file, edit, [])
     return bool(removed)
+
+
+def _prune_empty_tables(root: Any, parts: list[str]) -> None:
+    """Drop the tables an unset left empty, innermost first.
+
+    ``[server]`` with nothing under it means nothing; leaving the header
+    behind makes the file look as if something were still set. A table that
+    still holds a comment is the user's and stays.
+    """
+    for depth in range(len(parts) - 1, 0, -1):
+        parent = root
+        for name in parts[: depth - 1]:
+            parent = parent[name]
+        table = parent.get(parts[depth - 1])
+        if table is None or not hasattr(table, "value") or len(table) != 0:
+            return
+        body = getattr(table.value, "body", [])
+        if any(isinstance(item, tomlkit.items.Comment) for _, item in body):
+            return
+        del parent[parts[depth - 1]]
 
 
 def _update(cfg_file: ConfigFile, edit: Any, secrets: list[str]) -> tuple[Config, Any]:
@@ -310,13 +334,16 @@ _TEMPLATE = """\
 """
 
 
-def edit_file(cfg_file: ConfigFile) -> str:
+def edit_file(cfg_file: ConfigFile, again: Callable[[str], bool] | None = None) -> str:
     """``config edit``: edit a private copy, validate it, then replace the file.
 
     The editor works on a ``0600`` copy next to the config. The config is only
     replaced (atomically, under the lock) when the edited text validates and
-    the file did not change meanwhile; otherwise the config stays as it was and
-    the copy is kept for the user. Returns ``"saved"`` or ``"unchanged"``.
+    the file did not change meanwhile. When it does not, ``again(problem)``
+    decides whether the editor re-opens on the same copy (the CLI asks the
+    user); otherwise the config stays as it was. The copy is always removed, so
+    failed edits never pile up in the state dir. Returns ``"saved"`` or
+    ``"unchanged"``.
     """
     path = cfg_file.path
     config.ensure_state_dir(path.parent)
@@ -328,6 +355,7 @@ def edit_file(cfg_file: ConfigFile) -> str:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
     start = original if original is not None else _TEMPLATE.encode()
     digest = hashlib.sha256(original or b"").hexdigest()
+    cmd = editor_command()
     try:
         fd, tmp_name = tempfile.mkstemp(
             prefix=f"{path.stem}.edit-", suffix=".toml", dir=path.parent
@@ -335,55 +363,58 @@ def edit_file(cfg_file: ConfigFile) -> str:
     except OSError as e:
         raise ConfigError(f"{path.parent}: cannot create a temp file: {e.strerror}") from None
     tmp = Path(tmp_name)
-    keep = False
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), 0o600)
             f.write(start)
-        cmd = editor_command()
-        try:
-            rc = subprocess.run([*cmd, str(tmp)], check=False).returncode
-        except OSError as e:
-            raise UsageError(f"cannot run the editor {cmd[0]!r}: {e.strerror}") from None
-        if rc != 0:
-            raise ToknError(f"the editor exited with status {rc}; {path} left unchanged")
-        edited = tmp.read_bytes()
-        if edited == start:
-            return "unchanged"
-        try:
-            text = edited.decode("utf-8")
-        except UnicodeDecodeError:
-            keep = True
-            raise ConfigError(
-                f"{tmp}: not UTF-8 text; {path} left unchanged (your edit is kept in {tmp})"
-            ) from None
-        try:
-            config.parse(text, tmp)
-        except ConfigError as e:
-            keep = True
-            raise ConfigError(
-                f"{e}; {path} left unchanged (your edit is kept in {tmp.name})"
-            ) from None
-        with config.locked(path):
+        while True:
             try:
-                now = path.read_bytes()
-            except FileNotFoundError:
-                now = b""
-            if hashlib.sha256(now).hexdigest() != digest:
-                keep = True
-                raise ConfigError(
-                    f"{path} changed on disk while you were editing; it was left as is "
-                    f"(your edit is kept in {tmp})"
-                )
-            try:
-                config.write_atomic(path, text)
+                rc = subprocess.run([*cmd, str(tmp)], check=False).returncode
             except OSError as e:
-                keep = True
-                raise ConfigError(
-                    f"{path}: cannot write: {e.strerror} (your edit is kept in {tmp})"
-                ) from None
-        return "saved"
+                raise UsageError(f"cannot run the editor {cmd[0]!r}: {e.strerror}") from None
+            if rc != 0:
+                raise ToknError(f"the editor exited with status {rc}; {path} left unchanged")
+            edited = tmp.read_bytes()
+            if edited == start:
+                return "unchanged"
+            problem, digest = _try_save(path, edited, digest)
+            if problem is None:
+                return "saved"
+            if again is None or not again(problem):
+                raise ConfigError(f"{problem}; {path} left unchanged (your edit was discarded)")
     finally:
-        if not keep:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _try_save(path: Path, edited: bytes, digest: str) -> tuple[str | None, str]:
+    """Validate and write ``edited``: (None, digest) or (what is wrong, digest to expect next).
+
+    A config that changed on disk meanwhile is not overwritten; the digest
+    returned is the new one, so saving the same edit again replaces it.
+    """
+    try:
+        text = edited.decode("utf-8")
+    except UnicodeDecodeError:
+        return "the edited file is not UTF-8 text", digest
+    try:
+        config.parse(text, path)
+    except ConfigError as e:
+        return str(e), digest
+    with config.locked(path):
+        try:
+            now = path.read_bytes()
+        except FileNotFoundError:
+            now = b""
+        current = hashlib.sha256(now).hexdigest()
+        if current != digest:
+            return (
+                f"{path} changed on disk while you were editing (a running daemon saves "
+                "refreshed tokens there); saving your edit again replaces that change",
+                current,
+            )
+        try:
+            config.write_atomic(path, text)
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot write: {e.strerror}") from None
+    return None, digest

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from typing import Annotated, Any
 
@@ -9,18 +11,23 @@ import msgspec
 from cyclopts import App, Parameter
 
 from tokn_router import redact
-from tokn_router.accounts import config
+from tokn_router.accounts import config, config_ops
 from tokn_router.accounts.config import Account, Config
 from tokn_router.accounts.providers import PROVIDERS, Credential, RequestInfo
 from tokn_router.accounts.providers import github as gh
 from tokn_router.cli import _context, app
-from tokn_router.errors import AccountError, ToknError
+from tokn_router.cli._params import Flag, Json, Yes
+from tokn_router.errors import AccountError, ToknError, UsageError
 from tokn_router.wire.initiator import Initiator, normalize_initiator_mode
 
 account_app = App(name="account", help="List, inspect and remove accounts.")
 app.command(account_app)
 
-Flag = Annotated[bool, Parameter(negative="")]
+JSON_FORMAT = 1  # bumped only when a --json field changes meaning or disappears
+
+
+def print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, ensure_ascii=False))
 
 
 def _find(cfg: Config, account_id: str) -> Account:
@@ -66,10 +73,47 @@ def table(rows: list[list[str]]) -> str:
     )
 
 
+def token_state(acc: Account, now: float | None = None) -> str:
+    """``static_key`` | ``not_minted`` | ``valid`` | ``expired``."""
+    provider = PROVIDERS.get(acc.provider)
+    if provider is not None and not provider.needs_refresh():
+        return "static_key"
+    if not acc.access_token:
+        return "not_minted"
+    exp = acc.access_token_expires_at
+    now = time.time() if now is None else now
+    return "expired" if exp and exp <= now else "valid"
+
+
+def account_json(acc: Account) -> dict[str, Any]:
+    provider = PROVIDERS.get(acc.provider)
+    refreshes = provider is not None and provider.needs_refresh()
+    return {
+        "id": acc.id,
+        "provider": acc.provider,
+        "enabled": acc.enabled,
+        "token_state": token_state(acc),
+        "token_expires_at": acc.access_token_expires_at if refreshes else None,
+    }
+
+
 @account_app.command(name="list")
-def account_list() -> None:
-    """List accounts: id, provider, enabled, token expiry."""
+def account_list(*, as_json: Json = False) -> None:
+    """List accounts: id, provider, enabled, token expiry.
+
+    --json prints {"format": 1, "accounts": [...]}; each account has id,
+    provider, enabled, token_state (static_key, not_minted, valid or expired)
+    and token_expires_at (unix seconds or null).
+
+    Parameters
+    ----------
+    as_json
+        Print JSON (format above) instead of a table.
+    """
     cfg = _context.config_file().load()
+    if as_json:
+        print_json({"format": JSON_FORMAT, "accounts": [account_json(a) for a in cfg.accounts]})
+        return
     if not cfg.accounts:
         print("No accounts. Add one with `tokn-router login` or `tokn-router import`.")
         return
@@ -79,19 +123,42 @@ def account_list() -> None:
     print(table(rows))
 
 
+def confirm(question: str) -> bool:
+    """Ask on stderr; only "y" / "yes" (any case) agrees."""
+    sys.stderr.write(f"{question} [y/N] ")
+    sys.stderr.flush()
+    answer = sys.stdin.readline() if sys.stdin is not None and not sys.stdin.closed else ""
+    return answer.strip().lower() in ("y", "yes")
+
+
 @account_app.command
-def remove(account_id: str, /) -> None:
-    """Remove an account from the config.
+def remove(account_id: str, /, *, yes: Yes = False) -> int:
+    """Remove an account from the config (asks first unless --yes).
 
     Parameters
     ----------
     account_id
         The id shown by `tokn-router account list`.
+    yes
+        Do not ask for confirmation (required when stdin is not a terminal).
     """
     cfg_file = _context.config_file()
-    _find(cfg_file.load(), account_id)
+    acc = _find(cfg_file.load(), account_id)
+    if not yes:
+        if sys.stdin is None or not sys.stdin.isatty():
+            raise UsageError(
+                f"refusing to remove account '{account_id}' without confirmation: "
+                "stdin is not a terminal; pass --yes"
+            )
+        if not confirm(
+            f"Remove account '{account_id}' ({acc.provider})? Its token is deleted from "
+            f"{cfg_file.path}."
+        ):
+            print(f"tokn-router: account '{account_id}' was kept", file=sys.stderr)
+            return 1
     cfg_file.update(lambda doc: config.remove_account(doc, account_id))
     print(f"Removed account '{account_id}'.")
+    return 0
 
 
 # ---------------------------------------------------------------------------- show
@@ -129,15 +196,17 @@ def _quota_lines(data: dict[str, Any]) -> list[str]:
     return lines or ["  (no quota information in the answer)"]
 
 
-async def _fetch_quota(cfg: Config, acc: Account, no_proxy: bool) -> dict[str, Any]:
+async def _fetch_quota(cfg: Config, acc: Account, no_proxy: bool, say: bool) -> dict[str, Any]:
     from tokn_router.accounts.providers import github_client
     from tokn_router.cli import _net
-    from tokn_router.net import client as upstream
 
     if not acc.refresh_token:
         raise AccountError("the account has no GitHub token (refresh_token)")
-    async with upstream.client_for(cfg, no_proxy=no_proxy) as client:
-        with _net.network_errors(f"GitHub at {gh.api_url(cfg.github)}"):
+    where = f"GitHub at {gh.api_url(cfg.github)}"
+    if say:
+        _net.contacting(f"{where} for the quota")
+    async with _net.control_client(cfg, no_proxy=no_proxy) as client:
+        with _net.network_errors(where, _net.control_timeout(cfg)):
             return await github_client.get_copilot_user(client, cfg.github, acc.refresh_token)
 
 
@@ -178,9 +247,35 @@ def show_lines(cfg: Config, acc: Account) -> list[str]:
     return lines
 
 
+def show_json(cfg: Config, acc: Account) -> dict[str, Any]:
+    provider = PROVIDERS.get(acc.provider)
+    return {
+        **account_json(acc),
+        "provider_display_name": provider.display_name if provider else None,
+        "config": redact.data(config_ops.effective_account(acc, cfg.github)),
+    }
+
+
+def _quota(
+    cfg: Config, acc: Account, no_proxy: bool, *, say: bool
+) -> tuple[dict[str, Any] | None, str | None]:
+    """(quota answer, None) or (None, why it is unavailable); never raises a ToknError."""
+    import trio
+
+    try:
+        return trio.run(_fetch_quota, cfg, acc, no_proxy, say), None
+    except ToknError as e:
+        return None, redact.text(str(e), [acc.refresh_token, acc.access_token])
+
+
 @account_app.command
-def show(account_id: str, /, *, no_proxy: Flag = False) -> None:
+def show(account_id: str, /, *, no_proxy: Flag = False, as_json: Json = False) -> None:
     """Show one account (secrets redacted); for Copilot, also the quota snapshot.
+
+    --json prints {"format": 1, "account": {...}}: the fields of `account list
+    --json` plus provider_display_name, config (the account's effective
+    settings, secrets redacted), and for Copilot accounts quota (GitHub's
+    answer, or null) and quota_error (why it is missing, or null).
 
     Parameters
     ----------
@@ -188,21 +283,28 @@ def show(account_id: str, /, *, no_proxy: Flag = False) -> None:
         The id shown by `tokn-router account list`.
     no_proxy
         Ignore the [proxy] section for this run.
+    as_json
+        Print JSON (format above) instead of text.
     """
     cfg = _context.config_file().load()
     acc = _find(cfg, account_id)
-    for line in show_lines(cfg, acc):
-        print(line)
     provider = PROVIDERS.get(acc.provider)
-    if provider is None or not provider.needs_refresh():
+    wants_quota = provider is not None and provider.needs_refresh()
+    if as_json:
+        out = show_json(cfg, acc)
+        if wants_quota:
+            data, error = _quota(cfg, acc, no_proxy, say=False)
+            out["quota"] = redact.data(data) if data is not None else None
+            out["quota_error"] = error
+        print_json({"format": JSON_FORMAT, "account": out})
         return
-    import trio
-
-    try:
-        data = trio.run(_fetch_quota, cfg, acc, no_proxy)
-    except ToknError as e:
-        secrets = [acc.refresh_token, acc.access_token]
-        print(f"quota:         unavailable ({redact.text(str(e), secrets)})", flush=True)
+    for line in show_lines(cfg, acc):
+        print(line, flush=True)
+    if not wants_quota:
+        return
+    data, error = _quota(cfg, acc, no_proxy, say=True)
+    if data is None:
+        print(f"quota:         unavailable ({error})", flush=True)
         return
     print("quota:")
     for line in _quota_lines(data):
@@ -243,17 +345,38 @@ def resolved_headers(acc: Account) -> tuple[str, dict[str, str]]:
 
 
 @app.command
-def headers(*, account: Annotated[str | None, Parameter(name="--account")] = None) -> None:
+def headers(
+    *,
+    account: Annotated[str | None, Parameter(name="--account", metavar="ID")] = None,
+    as_json: Json = False,
+) -> None:
     """Print the upstream identity headers of an account (token redacted).
+
+    --json prints {"format": 1, "account": ID, "provider": ..., "enabled":
+    true|false, "base_url": ..., "headers": {name: value}}.
 
     Parameters
     ----------
     account
         Account id (default: the first enabled account).
+    as_json
+        Print JSON (format above) instead of text.
     """
     cfg = _context.config_file().load()
     acc = _find(cfg, account) if account else default_account(cfg)
     base, hdrs = resolved_headers(acc)
+    if as_json:
+        print_json(
+            {
+                "format": JSON_FORMAT,
+                "account": acc.id,
+                "provider": acc.provider,
+                "enabled": acc.enabled,
+                "base_url": base,
+                "headers": hdrs,
+            }
+        )
+        return
     note = "" if acc.enabled else " [disabled]"
     print(f"# account '{acc.id}' ({acc.provider}){note} -> {base}")
     for k, v in hdrs.items():

@@ -2,27 +2,41 @@
 
 from __future__ import annotations
 
+import json
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 from cyclopts import App, Parameter
 
+from tokn_router import redact
 from tokn_router.accounts import config_ops
 from tokn_router.cli import _context, app
+from tokn_router.cli._params import Flag, Json
 
 config_app = App(name="config", help="Read and change the config file (keys are type-checked).")
 app.command(config_app)
 
-AccountOpt = Annotated[str | None, Parameter(name="--account")]
+AccountOpt = Annotated[str | None, Parameter(name="--account", metavar="ID")]
 
-Flag = Annotated[bool, Parameter(negative="")]
+
+def _json_value(value: Any, key: str) -> Any:
+    """The value as JSON-ready builtins, secrets redacted like the text output."""
+    last = key.split(".")[-1]
+    if isinstance(value, str):
+        if last in redact.SECRET_KEYS:
+            return redact.secret(value)
+        if last == "url" or last.endswith("_url"):
+            return redact.url(value)
+        return value
+    return redact.data(value)
 
 
 @config_app.command
-def get(key: str, /, *, account: AccountOpt = None) -> int:
+def get(key: str, /, *, account: AccountOpt = None, as_json: Json = False) -> int:
     """Print the effective value of KEY (its default when unset); secrets redacted.
 
-    Strings are printed bare, other values as TOML literals.
+    Strings are printed bare, other values as TOML literals; --json prints the
+    value as JSON (a string, number, boolean, list or object).
 
     Parameters
     ----------
@@ -30,6 +44,8 @@ def get(key: str, /, *, account: AccountOpt = None) -> int:
         Dotted key, e.g. server.port or proxy_mode.intercept_hosts.
     account
         Read a field of this [[accounts]] entry (e.g. settings.editor_version).
+    as_json
+        Print the value as JSON.
     """
     path = _context.config_path()
     cfg = _context.config_file().load()
@@ -37,7 +53,10 @@ def get(key: str, /, *, account: AccountOpt = None) -> int:
     if value is None:
         print(f"tokn-router: '{key}' is not set and has no default", file=sys.stderr)
         return 1
-    print(config_ops.render(value, key))
+    if as_json:
+        print(json.dumps(_json_value(value, key), indent=2))
+    else:
+        print(config_ops.render(value, key))
     return 0
 
 
@@ -80,16 +99,45 @@ def unset(key: str, /, *, account: AccountOpt = None) -> None:
 
 
 @config_app.command(name="list")
-def list_() -> None:
-    """Print the effective config as TOML (defaults filled in, secrets redacted)."""
+def list_(*, as_json: Json = False) -> None:
+    """Print the effective config as TOML (defaults filled in, secrets redacted).
+
+    --json prints the same tables as one JSON object ({"server": {...}, ...,
+    "accounts": [...]}).
+
+    Parameters
+    ----------
+    as_json
+        Print JSON instead of TOML.
+    """
     cfg = _context.config_file().load()
-    print(config_ops.render_list(cfg, _context.config_path()), end="")
+    path = _context.config_path()
+    if as_json:
+        print(json.dumps(redact.data(config_ops.effective(cfg, path)), indent=2))
+        return
+    print(config_ops.render_list(cfg, path), end="")
+
+
+def _reopen(problem: str) -> bool:
+    """Show what is wrong with the edit and ask whether to fix it in the editor."""
+    print(f"tokn-router: {problem}", file=sys.stderr)
+    sys.stderr.write("Re-open the editor to fix it? [Y/n] ")
+    sys.stderr.flush()
+    answer = sys.stdin.readline()
+    if not answer:  # end of input
+        return False
+    return answer.strip().lower() in ("", "y", "yes")
 
 
 @config_app.command
 def edit() -> None:
-    """Open the config in $VISUAL / $EDITOR and validate it before saving."""
-    result = config_ops.edit_file(_context.config_file())
+    """Open the config in $VISUAL / $EDITOR and validate it before saving.
+
+    An edit that does not validate is never saved; on a terminal you are asked
+    whether to re-open the editor on it, otherwise it is discarded.
+    """
+    interactive = sys.stdin is not None and not sys.stdin.closed and sys.stdin.isatty()
+    result = config_ops.edit_file(_context.config_file(), _reopen if interactive else None)
     path = _context.config_path()
     print(f"Saved {path}." if result == "saved" else f"No changes; {path} left as is.")
 

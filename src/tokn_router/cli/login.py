@@ -14,6 +14,7 @@ from tokn_router.accounts.config import Account, Config, ConfigFile
 from tokn_router.accounts.providers import PROVIDERS
 from tokn_router.accounts.providers import github as gh
 from tokn_router.cli import _context, app
+from tokn_router.cli._params import AccountId, BaseUrl, EnvVar, Flag
 from tokn_router.errors import UsageError
 
 # trio, httpx and the importers are imported inside the commands: `--help` and the
@@ -22,8 +23,6 @@ if TYPE_CHECKING:
     from tokn_router.accounts.token_sources import FoundToken
 
 COPILOT = "github-copilot"
-
-Flag = Annotated[bool, Parameter(negative="")]
 
 
 def _out(line: str = "", *, end: str = "\n") -> None:
@@ -98,25 +97,24 @@ async def _login_copilot(
     from tokn_router.accounts import importers
     from tokn_router.accounts.providers import github_client
     from tokn_router.cli import _net
-    from tokn_router.net import client as upstream
 
     where = gh.github_url(cfg.github)
-    async with upstream.client_for(cfg, no_proxy=no_proxy) as client:
-        with _net.network_errors(f"GitHub at {where}"):
+    timeout = _net.control_timeout(cfg)
+    _net.contacting(f"GitHub at {where}")
+    async with _net.control_client(cfg, no_proxy=no_proxy) as client:
+        with _net.network_errors(f"GitHub at {where}", timeout):
             code = await github_client.request_device_code(client, cfg.github)
         minutes = max(1, code.expires_in // 60)
         _out(f"Open {code.verification_uri} and enter the code: {code.user_code}")
         _out(f"Waiting for you to authorise this device (the code expires in {minutes} min)…")
         progress = _Progress()
         try:
-            with _net.network_errors(f"GitHub at {where}"):
-                token = await github_client.poll_access_token(
-                    client, cfg.github, code, on_wait=progress
-                )
+            with _net.network_errors(f"GitHub at {where}", timeout):
+                token = await github_client.poll_access_token(client, cfg.github, code, on_wait=progress)
         finally:
             progress.done()
         _out("Authorised. Checking Copilot access…")
-        with _net.network_errors(f"GitHub at {gh.api_url(cfg.github)}"):
+        with _net.network_errors(f"GitHub at {gh.api_url(cfg.github)}", timeout):
             account = await importers.add_copilot_account(
                 client,
                 cfg_file,
@@ -139,9 +137,11 @@ async def _add_key(
     no_proxy: bool,
 ) -> None:
     from tokn_router.accounts import importers
-    from tokn_router.net import client as upstream
+    from tokn_router.cli import _net
 
-    async with upstream.client_for(cfg, no_proxy=no_proxy) as client:
+    base = (base_url or PROVIDERS[provider].default_base_url).rstrip("/")
+    _net.contacting(f"{PROVIDERS[provider].display_name} at {redact.url(base)}")
+    async with _net.control_client(cfg, no_proxy=no_proxy) as client:
         account, count = await importers.add_api_key_account(
             client, cfg_file, provider, key, account_id=account_id, base_url=base_url
         )
@@ -153,8 +153,8 @@ async def _add_key(
 def login(
     *,
     provider: str = COPILOT,
-    account_id: Annotated[str | None, Parameter(name="--id")] = None,
-    base_url: str | None = None,
+    account_id: AccountId = None,
+    base_url: BaseUrl = None,
     no_proxy: Flag = False,
 ) -> None:
     """Add an account: GitHub device flow (Copilot) or a hidden API key prompt (Z.ai).
@@ -201,10 +201,11 @@ async def _import_copilot(
 ) -> None:
     from tokn_router.accounts import importers
     from tokn_router.cli import _net
-    from tokn_router.net import client as upstream
 
-    async with upstream.client_for(cfg, no_proxy=no_proxy) as client:
-        with _net.network_errors(f"GitHub at {gh.api_url(cfg.github)}"):
+    where = f"GitHub at {gh.api_url(cfg.github)}"
+    _net.contacting(where)
+    async with _net.control_client(cfg, no_proxy=no_proxy) as client:
+        with _net.network_errors(where, _net.control_timeout(cfg)):
             account = await importers.add_copilot_account(
                 client,
                 cfg_file,
@@ -223,9 +224,9 @@ def import_(
     *,
     from_: Annotated[Literal["gh", "copilot-plugin", "env"], Parameter(name="--from")],
     provider: str = COPILOT,
-    env_var: str | None = None,
-    account_id: Annotated[str | None, Parameter(name="--id")] = None,
-    base_url: str | None = None,
+    env_var: EnvVar = None,
+    account_id: AccountId = None,
+    base_url: BaseUrl = None,
     no_proxy: Flag = False,
 ) -> None:
     """Import an existing token and verify it before saving.

@@ -9,18 +9,20 @@ trusted the old one must trust the new one, so it asks first (or takes ``--yes``
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import shutil
 import socket
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Literal
 
-from cyclopts import App, Parameter
+from cyclopts import App
 
 from tokn_router.accounts import config
 from tokn_router.accounts.config import Config
 from tokn_router.cli import _context, app
+from tokn_router.cli._params import Flag, Host, Json, Port, Yes
 from tokn_router.edges.proxy.shellenv import SHELLS, Shell, env_script, env_vars
 from tokn_router.errors import ToknError, UsageError
 
@@ -41,7 +43,6 @@ app.command(proxy_app)
 ca_app = App(name="ca", help="The proxy's local certificate authority (path, show, regenerate).")
 proxy_app.command(ca_app)
 
-Flag = Annotated[bool, Parameter(negative="")]
 RouteModeArg = Literal["route", "passthrough", "switch"]
 
 
@@ -102,8 +103,8 @@ def _listening(url: str) -> bool:
 
 async def start(
     *,
-    host: str | None = None,
-    port: int | None = None,
+    host: Host = None,
+    port: Port = None,
     route_mode: RouteModeArg | None = None,
     no_proxy: Flag = False,
     insecure_allow_remote: Flag = False,
@@ -229,10 +230,36 @@ def ca_path() -> None:
 
 
 @ca_app.command(name="show")
-def ca_show() -> None:
-    """Print the CA certificate (PEM), its SHA-256 fingerprint and validity (creates it on first use)."""
+def ca_show(*, as_json: Json = False) -> None:
+    """Print the CA certificate (PEM), its SHA-256 fingerprint and validity (creates it on first use).
+
+    --json prints {"format": 1, "certificate": path, "bundle": path, "sha256":
+    "AB:CD:…", "not_valid_before": ISO 8601 UTC, "not_valid_after": ISO 8601
+    UTC, "pem": the certificate}.
+
+    Parameters
+    ----------
+    as_json
+        Print JSON (format above) instead of text.
+    """
     cfg, path = _load()
     store = _store(cfg, path)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "format": 1,
+                    "certificate": str(store.cert_path),
+                    "bundle": str(store.bundle_path),
+                    "sha256": store.fingerprint_sha256(),
+                    "not_valid_before": store.not_valid_before.astimezone(dt.UTC).isoformat(),
+                    "not_valid_after": store.not_valid_after.astimezone(dt.UTC).isoformat(),
+                    "pem": store.pem(),
+                },
+                indent=2,
+            )
+        )
+        return
     print(f"certificate:  {store.cert_path}")
     print(f"bundle:       {store.bundle_path}")
     print(f"sha256:       {store.fingerprint_sha256()}")
@@ -250,9 +277,7 @@ def _confirm(question: str) -> bool:
 
 
 @ca_app.command(name="regenerate")
-def ca_regenerate(
-    *, yes: Annotated[bool, Parameter(name=["--yes", "-y"], negative="")] = False
-) -> int:
+def ca_regenerate(*, yes: Yes = False) -> int:
     """Replace the CA with a new one; clients must trust the new ca.crt afterwards.
 
     Parameters

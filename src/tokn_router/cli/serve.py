@@ -5,18 +5,19 @@ from __future__ import annotations
 from typing import Literal
 
 from tokn_router.cli import _context, app
+from tokn_router.cli._params import Flag, Host, Port
 
 
 @app.command
 async def serve(
     *,
-    host: str | None = None,
-    port: int | None = None,
-    with_proxy: bool = False,
-    proxy_port: int | None = None,
+    host: Host = None,
+    port: Port = None,
+    with_proxy: Flag = False,
+    proxy_port: Port = None,
     proxy_route_mode: Literal["route", "passthrough", "switch"] | None = None,
-    no_proxy: bool = False,
-    insecure_allow_remote: bool = False,
+    no_proxy: Flag = False,
+    insecure_allow_remote: Flag = False,
 ) -> None:
     """Run the local OpenAI-compatible API (default 127.0.0.1:4141).
 
