@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.fakes import DeviceOutcome, FakeUpstream
 from tests.cli_pty import drain, read_until, spawn_on_pty
+from tests.fakes import DeviceOutcome, FakeUpstream
 from tests.fakes.process import CLI
 
 

@@ -1,8 +1,9 @@
 """The ``tokn-router`` command line: thin cyclopts commands over the library.
 
-Every command module registers itself on :data:`app`; :func:`main` turns every
-:class:`~tokn_router.errors.ToknError` into one line on stderr and its exit code
-(2 for usage/config errors, 1 for runtime failures), never a traceback.
+Every command module registers itself on the app of :mod:`tokn_router.cli._app`;
+:func:`main` turns every :class:`~tokn_router.errors.ToknError` into one line on
+stderr and its exit code (2 for usage/config errors, 1 for runtime failures),
+never a traceback.
 """
 
 from __future__ import annotations
@@ -11,47 +12,24 @@ import os
 import sys
 from typing import Any
 
-from cyclopts import App, CycloptsError, Parameter
+from cyclopts import CycloptsError
 
 from tokn_router import redact
-from tokn_router._version import __version__
 from tokn_router.cli import _context
-from tokn_router.cli._help import HelpFormatter
-from tokn_router.errors import ToknError
-
-
-def _format_cyclopts_error(err: CycloptsError) -> Any:
-    msg = " ".join(str(err).split())
-    return f"tokn-router: error: {msg}"
-
-
-app = App(
-    name="tokn-router",
-    help=(
-        "Turn GitHub Copilot and Z.ai coding-plan accounts into a local "
-        "OpenAI-compatible API.\n\nGlobal option: --config PATH (before or after the command)."
-    ),
-    version=f"tokn-router {__version__}",
-    version_flags=["--version", "-V"],
-    backend="trio",
-    error_formatter=_format_cyclopts_error,
-    help_formatter=HelpFormatter(),
-    # Flags are off unless given; "--no-no-proxy" and friends only confuse the help.
-    default_parameter=Parameter(negative=()),
-    suppress_keyboard_interrupt=False,  # main() reports Ctrl-C as "interrupted", exit 130
-)
 
 # Command modules register themselves on import. Later features add theirs here.
-from tokn_router.cli import accounts as _accounts  # noqa: E402,F401
-from tokn_router.cli import completion as _completion  # noqa: E402,F401
-from tokn_router.cli import config_cmd as _config_cmd  # noqa: E402,F401
-from tokn_router.cli import keys_cmd as _keys_cmd  # noqa: E402,F401
-from tokn_router.cli import login as _login  # noqa: E402,F401
-from tokn_router.cli import proxy_cmd as _proxy_cmd  # noqa: E402,F401
-from tokn_router.cli import serve as _serve  # noqa: E402,F401
-from tokn_router.cli import service_cmd as _service_cmd  # noqa: E402,F401
-from tokn_router.cli import status as _status  # noqa: E402,F401
-from tokn_router.cli import usage_cmd as _usage_cmd  # noqa: E402,F401
+from tokn_router.cli import accounts as _accounts  # noqa: F401
+from tokn_router.cli import completion as _completion  # noqa: F401
+from tokn_router.cli import config_cmd as _config_cmd  # noqa: F401
+from tokn_router.cli import keys_cmd as _keys_cmd  # noqa: F401
+from tokn_router.cli import login as _login  # noqa: F401
+from tokn_router.cli import proxy_cmd as _proxy_cmd  # noqa: F401
+from tokn_router.cli import serve as _serve  # noqa: F401
+from tokn_router.cli import service_cmd as _service_cmd  # noqa: F401
+from tokn_router.cli import status as _status  # noqa: F401
+from tokn_router.cli import usage_cmd as _usage_cmd  # noqa: F401
+from tokn_router.cli._app import app
+from tokn_router.errors import ToknError
 
 
 def _fail(message: str, code: int) -> int:

@@ -15,7 +15,8 @@ from tokn_router.accounts import config, config_ops
 from tokn_router.accounts.config import Account, Config
 from tokn_router.accounts.providers import PROVIDERS, Credential, RequestInfo
 from tokn_router.accounts.providers import github as gh
-from tokn_router.cli import _context, app
+from tokn_router.cli import _context
+from tokn_router.cli._app import app
 from tokn_router.cli._params import Flag, Json, Yes
 from tokn_router.errors import AccountError, ToknError, UsageError
 from tokn_router.wire.initiator import Initiator, normalize_initiator_mode

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from cyclopts import Parameter
 
-from tokn_router.cli import app
+from tokn_router.cli._app import app
 from tokn_router.cli._params import Flag
 from tokn_router.errors import ToknError
 

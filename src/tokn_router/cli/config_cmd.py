@@ -10,7 +10,8 @@ from cyclopts import App, Parameter
 
 from tokn_router import redact
 from tokn_router.accounts import config_ops
-from tokn_router.cli import _context, app
+from tokn_router.cli import _context
+from tokn_router.cli._app import app
 from tokn_router.cli._params import Flag, Json
 
 config_app = App(name="config", help="Read and change the config file (keys are type-checked).")

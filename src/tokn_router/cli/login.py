@@ -13,7 +13,8 @@ from tokn_router import redact
 from tokn_router.accounts.config import Account, Config, ConfigFile
 from tokn_router.accounts.providers import PROVIDERS
 from tokn_router.accounts.providers import github as gh
-from tokn_router.cli import _context, app
+from tokn_router.cli import _context
+from tokn_router.cli._app import app
 from tokn_router.cli._params import AccountId, BaseUrl, EnvVar, Flag
 from tokn_router.errors import UsageError
 
@@ -110,7 +111,9 @@ async def _login_copilot(
         progress = _Progress()
         try:
             with _net.network_errors(f"GitHub at {where}", timeout):
-                token = await github_client.poll_access_token(client, cfg.github, code, on_wait=progress)
+                token = await github_client.poll_access_token(
+                    client, cfg.github, code, on_wait=progress
+                )
         finally:
             progress.done()
         _out("Authorised. Checking Copilot access…")

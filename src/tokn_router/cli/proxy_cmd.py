@@ -21,7 +21,8 @@ from cyclopts import App
 
 from tokn_router.accounts import config
 from tokn_router.accounts.config import Config
-from tokn_router.cli import _context, app
+from tokn_router.cli import _context
+from tokn_router.cli._app import app
 from tokn_router.cli._params import Flag, Host, Json, Port, Yes
 from tokn_router.edges.proxy.shellenv import SHELLS, Shell, env_script, env_vars
 from tokn_router.errors import ToknError, UsageError

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from tokn_router.cli import _context, app
+from tokn_router.cli import _context
+from tokn_router.cli._app import app
 from tokn_router.cli._params import Flag, Host, Port
 
 

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Annotated
 
 from cyclopts import App, Parameter
 
-from tokn_router.cli import _context, app
+from tokn_router.cli import _context
+from tokn_router.cli._app import app
 
 if TYPE_CHECKING:
     # imported by the service commands only: plistlib and subprocess cost every other

@@ -20,7 +20,8 @@ from tokn_router import redact
 from tokn_router.accounts import config, config_ops
 from tokn_router.accounts.config import Account, Config
 from tokn_router.accounts.providers import PROVIDERS
-from tokn_router.cli import _context, app
+from tokn_router.cli import _context
+from tokn_router.cli._app import app
 from tokn_router.cli._params import Flag, Host, Json, Port
 from tokn_router.cli.proxy_cmd import client_proxy_url
 from tokn_router.errors import ConfigError, ToknError

@@ -9,7 +9,8 @@ from typing import Annotated
 from cyclopts import Parameter
 
 from tokn_router.accounts import config
-from tokn_router.cli import _context, app
+from tokn_router.cli import _context
+from tokn_router.cli._app import app
 
 
 @app.command(name="usage")
