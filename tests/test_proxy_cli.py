@@ -90,7 +90,7 @@ def test_env_prints_every_variable_and_creates_the_ca(
     assert str(ca / "ca.crt") in r.stdout
     syntax = {"fish": "set -gx HTTPS_PROXY", "pwsh": "$env:HTTPS_PROXY = "}
     assert syntax.get(shell, "export HTTPS_PROXY=") in r.stdout
-    # the files it names exist, with the modes SPEC section 3 asks for
+    # the files it names exist, with private modes (0700 folder, 0600 key)
     assert (ca / "ca.crt").is_file() and (ca / "ca-bundle.crt").is_file()
     assert stat.S_IMODE((ca / "ca.key").stat().st_mode) == 0o600
     assert stat.S_IMODE(env_home.state_dir.stat().st_mode) == 0o700

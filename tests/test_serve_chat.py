@@ -27,7 +27,7 @@ def test_sdk_non_stream_and_identity_headers(fake: FakeUpstream, write_config, d
     sent = rec.usage
     assert resp.usage is not None and sent is not None
     assert resp.usage.prompt_tokens == sent["prompt_tokens"]
-    # identity headers of SPEC §6, defaults tracking a recent VS Code release
+    # the editor identity headers, defaults tracking a recent VS Code release
     assert rec.header("editor-version") == "vscode/1.104.3"
     assert rec.header("editor-plugin-version") == "copilot-chat/0.38.2"
     assert rec.header("user-agent") == "GitHubCopilotChat/0.38.2"

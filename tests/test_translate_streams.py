@@ -1,7 +1,7 @@
 """Stream translators: upstream chat-completions SSE bytes → Messages / Responses events.
 
-Every scenario is built from chunk dicts shaped like Copilot's (protocol
-reference §3), framed as upstream SSE bytes, and fed split at every possible
+Every scenario is built from chunk dicts shaped like Copilot's
+(as its chat completions stream sends them), framed as upstream SSE bytes, and fed split at every possible
 byte boundary: the produced event bytes must be identical each time. The
 sequences are checked for validity and parsed by the official SDKs.
 """

@@ -31,8 +31,8 @@ from tokn_router.wire.sse import ChunkReader
 
 BlockKind = Literal["thinking", "text", "tool"]
 
-# Delta/message fields that carry reasoning, by upstream dialect (protocol
-# reference §3): Copilot, Z.ai/DeepSeek, OpenRouter, Anthropic-style, Azure.
+# Delta/message fields that carry reasoning, by upstream dialect: Copilot,
+# Z.ai/DeepSeek, OpenRouter, Anthropic-style, Azure (each names it differently).
 REASONING_TEXT_KEYS = (
     "reasoning_text",
     "reasoning_content",

@@ -144,7 +144,7 @@ def messages_to_chat(
 
 
 def messages_initiator(body: Mapping[str, Any]) -> Literal["user", "agent"]:
-    """SPEC 7a X-Initiator for a Messages request (see :func:`classify_messages`)."""
+    """X-Initiator for a Messages request (see :func:`classify_messages`)."""
     return classify_messages(body.get("messages"))
 
 

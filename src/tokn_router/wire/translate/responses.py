@@ -330,7 +330,7 @@ def _reasoning_fields(item: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def responses_initiator(body: Mapping[str, Any]) -> Literal["user", "agent"]:
-    """SPEC 7a X-Initiator for a Responses request (see :func:`classify_responses`)."""
+    """X-Initiator for a Responses request (see :func:`classify_responses`)."""
     return classify_responses(body.get("input"))
 
 
