@@ -6,7 +6,7 @@ import json
 import time
 from typing import Any
 
-from tests.fakes.upstream import FakeUpstream
+from tests.fakes import FakeUpstream
 from tests.test_cli_accounts import GHO, ZAI_KEY, setup_accounts
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.fakes.upstream import FakeUpstream
+from tests.fakes import FakeUpstream
 from tests.helpers import stop
 
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import httpx
 
+from tests.fakes import FakeUpstream
 from tests.fakes.process import CLI
-from tests.fakes.upstream import FakeUpstream
 from tests.helpers import stop
 
 CHECK_LINE = re.compile(r"^(OK|INFO|WARN|FAIL) +(?P<name>[^:]+): (?P<detail>.+)$")
