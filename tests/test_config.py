@@ -7,6 +7,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -249,6 +250,36 @@ def test_set_keeps_comments_and_modes(tmp_path: Path) -> None:
     assert config_ops.unset_value(f, "server.host") is True
     assert config_ops.unset_value(f, "server.host") is False
     assert f.load().server.host == "127.0.0.1"
+
+
+def test_update_never_overwrites_a_hand_edit_made_meanwhile(tmp_path: Path) -> None:
+    """An editor takes no lock: a write racing our read-modify-write must survive."""
+    path = tmp_path / "config.toml"
+    path.write_text("[server]\nport = 1\n")
+    edits = 0
+
+    def edit(doc: Any) -> None:
+        nonlocal edits
+        edits += 1
+        if edits == 1:  # the user saves while our edit is being computed
+            path.write_text("[server]\nport = 2  # by hand\n")
+        doc["server"]["host"] = "0.0.0.0"
+
+    cfg, _ = ConfigFile(path).update(edit)
+    assert edits == 2 and "port = 2  # by hand" in path.read_text()
+    assert cfg.server.port == 2 and cfg.server.host == "0.0.0.0"
+
+
+def test_update_refuses_to_build_on_a_broken_hand_edit_made_meanwhile(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("[server]\nport = 1\n")
+
+    def edit(doc: Any) -> None:
+        path.write_text("[server\nbroken")
+
+    with pytest.raises(ConfigError):
+        ConfigFile(path).update(edit)
+    assert path.read_text() == "[server\nbroken"  # the user's text, untouched
 
 
 def test_set_account_fields(tmp_path: Path) -> None:

@@ -293,26 +293,50 @@ class ConfigFile:
 
         The edit runs on a fresh read made under the lock; the result is
         validated before anything is written, so a failing edit (or an invalid
-        result) leaves the file exactly as it was.
+        result) leaves the file exactly as it was. An editor does not take our
+        lock: if the file changed between our read and our write, the edit is
+        redone on what is there now, so a hand edit is never overwritten by a
+        daemon persisting a refreshed token.
         """
         ensure_state_dir(self.path.parent)
         with locked(self.path):
-            try:
-                text = self.path.read_text(encoding="utf-8")
-            except FileNotFoundError:
-                text = ""
-            except OSError as e:
-                raise ConfigError(f"{self.path}: cannot read: {e.strerror}") from None
-            parse(text, self.path)  # refuse to build on a broken file
-            doc = tomlkit.parse(text)
-            result = edit(doc)
-            new_text = tomlkit.dumps(doc)
-            cfg = parse(new_text, self.path)
-            try:
-                write_atomic(self.path, new_text)
-            except OSError as e:
-                raise ConfigError(f"{self.path}: cannot write: {e.strerror}") from None
-            return cfg, result
+            for _ in range(_UPDATE_TRIES):
+                text, seen = self._read()
+                parse(text, self.path)  # refuse to build on a broken file
+                doc = tomlkit.parse(text)
+                result = edit(doc)
+                new_text = tomlkit.dumps(doc)
+                cfg = parse(new_text, self.path)
+                if _stat_key(self.path) != seen:
+                    continue  # changed under us: redo the edit on the new text
+                try:
+                    write_atomic(self.path, new_text)
+                except OSError as e:
+                    raise ConfigError(f"{self.path}: cannot write: {e.strerror}") from None
+                return cfg, result
+        raise ConfigError(f"{self.path}: keeps changing while being saved; try again")
+
+    def _read(self) -> tuple[str, tuple[int, int, int] | None]:
+        seen = _stat_key(self.path)
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            text = ""
+        except OSError as e:
+            raise ConfigError(f"{self.path}: cannot read: {e.strerror}") from None
+        return text, seen
+
+
+_UPDATE_TRIES = 5
+
+
+def _stat_key(path: Path) -> tuple[int, int, int] | None:
+    """What changes when anyone rewrites the file (in place or by rename)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 # ----------------------------------------------------------------- document editing
