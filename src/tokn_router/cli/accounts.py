@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Annotated, Any
 
@@ -9,10 +10,11 @@ import msgspec
 from cyclopts import App, Parameter
 
 from tokn_router import redact
-from tokn_router.accounts import config
+from tokn_router.accounts import config, window_store
 from tokn_router.accounts.config import Account, Config
 from tokn_router.accounts.providers import PROVIDERS, Credential, RequestInfo
 from tokn_router.accounts.providers import github as gh
+from tokn_router.accounts.windows import Windows
 from tokn_router.cli import _context, app
 from tokn_router.errors import AccountError, ToknError
 from tokn_router.wire.initiator import Initiator, normalize_initiator_mode
@@ -66,10 +68,46 @@ def table(rows: list[list[str]]) -> str:
     )
 
 
+def saved_windows() -> tuple[dict[str, Any], float | None]:
+    """The windows the daemon last saved (account id -> saved form), and when."""
+    return window_store.load(window_store.path_for(_context.config_path()))
+
+
+def _list_json(cfg: Config) -> str:
+    saved, saved_at = saved_windows()
+    now = time.time()
+    out = []
+    for a in cfg.accounts:
+        provider = PROVIDERS.get(a.provider)
+        static = provider is not None and not provider.needs_refresh()
+        out.append(
+            {
+                "id": a.id,
+                "provider": a.provider,
+                "enabled": a.enabled,
+                "token_expires_at": None if static else a.access_token_expires_at,
+                "reserve_percent": a.reserve_percent,
+                "windows": Windows.load(saved.get(a.id)).as_json(now),
+            }
+        )
+    return json.dumps(
+        {"accounts": out, "windows_saved_at": int(saved_at) if saved_at else None}, indent=2
+    )
+
+
 @account_app.command(name="list")
-def account_list() -> None:
-    """List accounts: id, provider, enabled, token expiry."""
+def account_list(*, json_: Annotated[bool, Parameter(name="--json", negative="")] = False) -> None:
+    """List accounts: id, provider, enabled, token expiry.
+
+    Parameters
+    ----------
+    json_
+        Print JSON, with each account's rate windows as the daemon last saved them.
+    """
     cfg = _context.config_file().load()
+    if json_:
+        print(_list_json(cfg))
+        return
     if not cfg.accounts:
         print("No accounts. Add one with `tokn-router login` or `tokn-router import`.")
         return
@@ -171,10 +209,43 @@ def show_lines(cfg: Config, acc: Account) -> list[str]:
             f"api_key:       {redact.secret(acc.api_key)}",
             f"api base:      {base}{'' if acc.base_url else ' (default)'}",
         ]
+    if acc.reserve_percent:
+        lines.append(f"reserve:       {acc.reserve_percent:g}% of each window")
     settings = msgspec.to_builtins(acc.settings)  # only what the config sets
     if settings:
         lines.append("settings:")
         lines += [f"  {k}: {v}" for k, v in settings.items()]
+    return lines
+
+
+def window_lines(acc: Account, now: float | None = None) -> list[str]:
+    """The account's windows as the daemon last saved them."""
+    saved, saved_at = saved_windows()
+    windows = Windows.load(saved.get(acc.id))
+    if not windows:
+        return ["windows:       none seen yet (the daemon records what upstream reports)"]
+    now = time.time() if now is None else now
+    when = time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(saved_at)) if saved_at else "?"
+    lines = [f"windows:       (as of {when})"]
+    for name, w in sorted(windows.by_name.items()):
+        if w.unlimited:
+            text = "unlimited"
+        elif w.remaining_pct is not None:
+            text = f"{w.remaining_pct:g}% left"
+            if w.entitlement:
+                text += f" of {w.entitlement:g}"
+        else:
+            text = "remaining unknown"
+        if w.exhausted_until > now:
+            text = f"USED UP until {format_expiry(int(w.exhausted_until), now)}"
+            if w.premium_only:
+                text += " (free models still served)"
+            if w.reason:
+                text += f": {w.reason}"
+        elif w.reset_at:
+            verb = "resets" if w.reset_at > now else "reset since"
+            text += f", {verb} {format_expiry(int(w.reset_at), now).replace('(expired ', '(')}"
+        lines.append(f"  {name}: {text}")
     return lines
 
 
@@ -191,7 +262,7 @@ def show(account_id: str, /, *, no_proxy: Flag = False) -> None:
     """
     cfg = _context.config_file().load()
     acc = _find(cfg, account_id)
-    for line in show_lines(cfg, acc):
+    for line in [*show_lines(cfg, acc), *window_lines(acc)]:
         print(line)
     provider = PROVIDERS.get(acc.provider)
     if provider is None or not provider.needs_refresh():
