@@ -236,8 +236,13 @@ class Windows:
     # ---------------------------------------------------------- persistence
 
     def dump(self) -> dict[str, Any]:
+        def keep(f: str, value: Any) -> bool:
+            if value is None or value is False:
+                return False
+            return not (f in ("exhausted_until", "observed_at") and value == 0.0)
+
         return {
-            name: {f: getattr(w, f) for f in _DUMP_FIELDS if getattr(w, f) not in (None, 0.0)}
+            name: {f: v for f in _DUMP_FIELDS if keep(f, v := getattr(w, f))}
             for name, w in self.by_name.items()
         }
 
