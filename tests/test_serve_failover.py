@@ -1,11 +1,18 @@
-"""Pool behaviour of a running daemon: round robin, failover, cooldown, refresh."""
+"""Pool behaviour of a running daemon: round robin, failover, cooldown, refresh,
+rate windows and quotas, quota-aware order, reserves, sticky sessions."""
 
 from __future__ import annotations
+
+import json
+import time
+import urllib.parse
+from typing import Any
 
 import httpx
 import pytest
 
 from tests.fakes import FakeUpstream, http_date
+from tests.helpers import ledger_rows, stop
 
 CHAT = "/chat/completions"
 
@@ -314,3 +321,263 @@ def test_unreachable_token_exchange_is_not_retried_per_request(
     assert fake.exchange_count("gho_alice") <= 2
     health = {a["id"]: a for a in httpx.get(d.url + "/healthz").json()["accounts"]}
     assert health["alice"]["state"] in ("cooling_down", "no_credential")
+
+
+# ------------------------------------------------------- rate windows and quotas
+
+DAY = 86400
+WEEKLY_429 = {
+    "status": 429,
+    "headers": {"retry-after": str(4 * DAY), "x-ratelimit-exceeded": "global-usage-weekly-key"},
+    "json": {"error": {"message": "weekly rate limit", "code": "user_weekly_rate_limited"}},
+}
+
+
+def accounts(d_url: str) -> dict[str, dict[str, Any]]:
+    return {a["id"]: a for a in httpx.get(d_url + "/healthz").json()["accounts"]}
+
+
+def listed(run_cli: Any) -> dict[str, dict[str, Any]]:
+    r = run_cli("account", "list", "--json")
+    assert r.returncode == 0, r.stderr
+    return {a["id"]: a for a in json.loads(r.stdout)["accounts"]}
+
+
+def iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def test_weekly_429_shuts_the_account_until_reset_across_restarts(
+    fake: FakeUpstream, write_config, daemon, run_cli, env_home, wait_for
+) -> None:
+    # base_url: the restarted daemon reuses the minted tokens without an exchange
+    write_config(
+        {
+            "accounts": [
+                fake.copilot_account("alice", "gho_alice", base_url=fake.url),
+                fake.copilot_account("bob", "gho_bob", base_url=fake.url),
+            ]
+        }
+    )
+    d = daemon()
+    fake.script(CHAT, token="gho_alice", **WEEKLY_429)
+    for _ in range(5):
+        assert chat(d.url).status_code == 200
+    alice = [r for r in fake.requests_to(CHAT) if r.login == "alice"]
+    assert [r.status for r in alice] == [429]  # asked once, then never hammered
+    health = accounts(d.url)
+    assert health["alice"]["state"] == "cooling_down"
+    assert health["alice"]["cooldown_window"] == "weekly"
+    assert 4 * DAY - 120 <= health["alice"]["retry_after_secs"] <= 4 * DAY
+    weekly = health["alice"]["windows"]["weekly"]
+    assert weekly["remaining_pct"] == 0.0
+    assert "global-usage-weekly-key" in weekly["reason"]
+    assert health["bob"]["state"] == "healthy"
+    # the CLI shows it from the saved windows
+    shown = wait_for(lambda: listed(run_cli)["alice"]["windows"].get("weekly"), timeout=15)
+    assert shown["exhausted_until"] == weekly["exhausted_until"]
+    assert listed(run_cli)["bob"]["windows"].get("weekly") is None
+    stop(d)
+    rows = ledger_rows(env_home.state_dir)
+    failed_over = [json.loads(r["ctx_json"])["attempts"] for r in rows]
+    first = next(a for a in failed_over if len(a) == 2)
+    assert [(a["account_id"], a["status"]) for a in first] == [("alice", 429), ("bob", 200)]
+    assert "weekly window used up" in first[0]["error"]
+    assert all(r["status"] == 200 and r["account_id"] == "bob" for r in rows)
+    # a restart does not forget the lock-out
+    d2 = daemon()
+    assert accounts(d2.url)["alice"]["cooldown_window"] == "weekly"
+    for _ in range(3):
+        r = chat(d2.url)
+        assert r.status_code == 200, (r.text, d2.stderr_text)
+    assert len([r for r in fake.requests_to(CHAT) if r.login == "alice"]) == 1
+
+
+def test_burst_429_keeps_the_short_back_off(fake: FakeUpstream, two_accounts: None, daemon) -> None:
+    d = daemon()
+    fake.script(CHAT, token="gho_alice", status=429, json={"error": {"message": "slow down"}})
+    for _ in range(2):
+        assert chat(d.url).status_code == 200
+    alice = accounts(d.url)["alice"]
+    assert alice["state"] == "cooling_down" and 50 <= alice["retry_after_secs"] <= 60
+    assert "cooldown_window" not in alice and "windows" not in alice
+
+
+def premium_chat(url: str) -> httpx.Response:
+    return chat(url, model="claude-sonnet-4.5")  # billing.multiplier 1 in the fake
+
+
+def test_402_quota_shuts_premium_models_until_the_quota_resets(
+    fake: FakeUpstream, two_accounts: None, daemon, env_home
+) -> None:
+    reset = time.time() + 9 * DAY
+    for token in ("gho_alice", "gho_bob"):  # both equally full: round robin
+        fake.github_account(token).premium_reset = iso(reset)
+    d = daemon()
+    for _ in range(2):  # both accounts answer once: their quota snapshots are known
+        assert chat(d.url).status_code == 200
+    fake.script(
+        CHAT,
+        token="gho_alice",
+        status=402,
+        json={"code": "quota_exceeded", "message": "You have no quota"},
+    )
+    for _ in range(4):
+        assert premium_chat(d.url).status_code == 200
+    premium = [r for r in fake.requests_to(CHAT) if r.json["model"] == "claude-sonnet-4.5"]
+    assert [r.status for r in premium if r.login == "alice"] == [402]
+    alice = accounts(d.url)["alice"]
+    assert alice["state"] == "quota_exhausted"
+    assert alice["cooldown_window"] == "premium_interactions"
+    assert abs(alice["cooldown_until"] - reset) <= 2  # until the reset it last reported
+    assert alice["windows"]["premium_interactions"]["premium_only"] is True
+    # free (0x) models do not need premium headroom: alice still serves them
+    before = len(fake.requests_to(CHAT))
+    for _ in range(4):
+        assert chat(d.url).status_code == 200
+    free = fake.requests_to(CHAT)[before:]
+    assert {r.login for r in free} == {"alice", "bob"}
+    stop(d)
+    rows = ledger_rows(env_home.state_dir)
+    attempts = [json.loads(r["ctx_json"])["attempts"] for r in rows]
+    switched = [a for a in attempts if len(a) == 2]
+    assert len(switched) == 1
+    assert [(a["account_id"], a["status"]) for a in switched[0]] == [("alice", 402), ("bob", 200)]
+    assert "quota used up" in switched[0][0]["error"]
+
+
+def test_window_readings_shown_and_routing_prefers_headroom(
+    fake: FakeUpstream, two_accounts: None, daemon, run_cli, wait_for
+) -> None:
+    reset = int(time.time()) + 3 * 3600
+    session = f"ent=0&ov=0.0&ovPerm=false&rem=12.5&rst={urllib.parse.quote(iso(reset))}"
+    fake.github_account("gho_alice").rate_windows = {"session": session}
+    d = daemon()
+    for _ in range(2):  # nothing known yet: round robin
+        assert chat(d.url).status_code == 200
+    assert sorted(logins(fake)) == ["alice", "bob"]
+    windows = accounts(d.url)["alice"]["windows"]
+    assert windows["session"]["remaining_pct"] == 12.5
+    assert windows["session"]["reset_at"] == reset
+    assert windows["premium_interactions"]["remaining_pct"] == 80.0
+    for _ in range(4):
+        assert chat(d.url).status_code == 200
+    assert logins(fake)[2:] == ["bob"] * 4  # bob has more left (unknown: not half used)
+    wait_for(lambda: "session" in listed(run_cli)["alice"]["windows"], timeout=15)
+    r = run_cli("account", "show", "alice")
+    assert r.returncode == 0, r.stderr
+    assert "session: 12.5% left, resets" in r.stdout
+
+
+def test_reserve_keeps_an_account_for_last_resort(fake: FakeUpstream, write_config, daemon) -> None:
+    write_config(
+        {
+            "pool": {"failure_cooldown_secs": 60},
+            "accounts": [
+                fake.copilot_account("alice", "gho_alice", reserve_percent=50),
+                fake.copilot_account("bob", "gho_bob"),
+            ],
+        }
+    )
+    fake.github_account("gho_alice").rate_windows = {"weekly": "ent=0&rem=40"}
+    fake.github_account("gho_bob").rate_windows = {"weekly": "ent=0&rem=20"}
+    d = daemon()
+    for _ in range(2):
+        assert chat(d.url).status_code == 200
+    assert accounts(d.url)["alice"]["reserve_percent"] == 50
+    for _ in range(3):
+        assert chat(d.url).status_code == 200
+    # alice has more left, but below her reserve: out of rotation while bob can serve
+    assert logins(fake)[2:] == ["bob"] * 3
+    fake.script(CHAT, token="gho_bob", status=500, text="down")
+    assert chat(d.url).status_code == 200  # the last resort
+    assert logins(fake)[-2:] == ["bob", "alice"]
+
+
+# ---------------------------------------------------------------- sticky sessions
+
+
+def conversation(turns: int) -> list[dict[str, str]]:
+    msgs = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "plan"}]
+    for i in range(turns):
+        msgs += [{"role": "assistant", "content": f"step {i}"}, {"role": "user", "content": "go"}]
+    return msgs
+
+
+def test_sticky_sessions_keep_a_conversation_on_its_account(
+    fake: FakeUpstream, write_config, daemon, env_home
+) -> None:
+    write_config(
+        {
+            "pool": {"failure_cooldown_secs": 0},  # a failed account is usable again at once
+            "accounts": [
+                fake.copilot_account("alice", "gho_alice"),
+                fake.copilot_account("bob", "gho_bob"),
+            ],
+        }
+    )
+    d = daemon()
+    # a hash of the first messages: every turn of one conversation on one account
+    for turns in range(4):
+        assert chat(d.url, messages=conversation(turns)).status_code == 200
+    hashed = logins(fake)
+    assert len(set(hashed)) == 1
+    # Claude Code's metadata.user_id (native /v1/messages)
+    user_id = json.dumps({"device_id": "d" * 64, "account_uuid": "", "session_id": "s-1"})
+    for _ in range(3):
+        r = httpx.post(
+            d.url + "/v1/messages",
+            json={
+                "model": "claude-sonnet-4.5",
+                "max_tokens": 64,
+                "metadata": {"user_id": user_id},
+                "messages": [{"role": "user", "content": "hello"}],
+            },
+            timeout=20,
+        )
+        assert r.status_code == 200
+    assert len({x.login for x in fake.requests_to("/v1/messages")}) == 1
+    # Codex's prompt_cache_key (/v1/responses)
+    for _ in range(3):
+        r = httpx.post(
+            d.url + "/v1/responses",
+            json={"model": "gpt-4.1", "input": "hi", "prompt_cache_key": "codex-1"},
+            timeout=20,
+        )
+        assert r.status_code == 200
+    assert len({x.login for x in fake.requests_to("/responses")}) == 1
+
+    # an explicit X-Tokn-Session; it moves only when its account fails
+    def tokn(session: str) -> httpx.Response:
+        body = {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}]}
+        return httpx.post(
+            d.url + "/v1/chat/completions",
+            json=body,
+            headers={"X-Tokn-Session": session},
+            timeout=20,
+        )
+
+    start = len(fake.requests_to(CHAT))
+    for _ in range(3):
+        assert tokn("conv-x").status_code == 200
+    pinned = {x.login for x in fake.requests_to(CHAT)[start:]}
+    assert len(pinned) == 1
+    (first,) = pinned
+    other = "bob" if first == "alice" else "alice"
+    fake.script(CHAT, token=f"gho_{first}", status=500, text="broken")
+    assert tokn("conv-x").status_code == 200
+    for _ in range(3):  # the failed account is usable again, yet the conversation stays
+        assert tokn("conv-x").status_code == 200
+    after = [x.login for x in fake.requests_to(CHAT)[start + 3 :]]
+    assert after == [first, other, other, other, other]
+    stop(d)
+    rows = ledger_rows(env_home.state_dir)
+    sessions = [json.loads(r["ctx_json"]).get("session") for r in rows]
+    assert all(s and len(s["key"]) == 32 for s in sessions)
+    assert {s["source"] for s in sessions} == {"prompt", "claude_code", "codex", "header"}
+    moved = [s for s in sessions if "switched_from" in s]
+    assert moved == [{**moved[0], "switched_from": first, "switch_reason": "failed"}]
+    assert moved[0]["source"] == "header"
+    # keys only: neither the prompt nor the client's ids reach the ledger
+    ctx = " ".join(r["ctx_json"] for r in rows)
+    assert "You are terse" not in ctx and "conv-x" not in ctx and "codex-1" not in ctx

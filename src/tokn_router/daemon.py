@@ -8,6 +8,7 @@ Task tree (every task has an owner; shutdown is an ordered sequence)::
         ├── signal handler           SIGINT/SIGTERM → graceful stop, SIGHUP → reload
         ├── config watcher           file edits → reload accounts
         ├── refresher per account    credential + model list
+        ├── window saver             rate windows -> windows.json (restored at start)
         ├── API listener             hypercorn.trio.serve(shutdown_trigger=…)
         └── MITM proxy listener      (serve --with-proxy)
 
@@ -38,6 +39,7 @@ from hypercorn.config import Config as HConfig
 
 from tokn_router._version import __version__
 from tokn_router.accounts import config as config_mod
+from tokn_router.accounts import window_store
 from tokn_router.accounts.config import Config, ConfigFile, ProxyModeConfig
 from tokn_router.accounts.pool import AccountState, Pool
 from tokn_router.accounts.providers.base import Credential
@@ -56,6 +58,8 @@ from tokn_router.usage import open_ledger
 from tokn_router.usage.record import RequestRecord
 
 log = logging.getLogger("tokn_router.daemon")
+
+WINDOWS_SAVE_DELAY = 1.0  # seconds: coalesce a burst of window changes into one write
 
 
 @dataclass(frozen=True)
@@ -192,9 +196,13 @@ class Daemon:
         self.transport = TrioH11Transport(verify=tls_context())
         self.client = make_client(self.proxy_setting, self.cfg.upstream, direct=self.transport)
         self.pool = Pool(self.cfg)
+        self._windows_path = window_store.path_for(opts.config_path)
+        saved_windows, _ = window_store.load(self._windows_path)
+        self.pool.restore_windows(saved_windows)
         self.refresher = Refresher(self.pool, self.client, self.cfg.github, self._persist)
         self.relay = Relay(self.pool, self.refresher, self.client)
         self.shutdown = trio.Event()
+        self._windows_saved = self.pool.windows_version
         self._account_scopes: dict[int, trio.CancelScope] = {}
         self._services: trio.Nursery | None = None
         self._ledger: Any = None
@@ -234,6 +242,7 @@ class Daemon:
                     self._services = services
                     await services.start(self.transport.run_timeouts)
                     services.start_soon(self._signals)
+                    services.start_soon(self._save_windows)
                     for st in self.pool.states:
                         self._start_account(st)
                     proxy_url = None
@@ -259,6 +268,8 @@ class Daemon:
             finally:
                 # every request has reported by now: let the writer flush and end
                 self._ledger.close()
+                with trio.CancelScope(shield=True):
+                    await self._write_windows()
 
     async def _start_proxy(self, nursery: trio.Nursery, svc: Services) -> str:
         self._modes = ProxyModes(
@@ -459,6 +470,26 @@ class Daemon:
             )
 
         await trio.to_thread.run_sync(self.file.update, edit)
+
+    # -------------------------------------------------------------- windows
+
+    async def _save_windows(self) -> None:
+        """Save the rate windows when they change, a burst of changes in one write."""
+        while True:
+            await self.pool.wait_windows_change(self._windows_saved)
+            await trio.sleep(WINDOWS_SAVE_DELAY)
+            await self._write_windows()
+
+    async def _write_windows(self) -> None:
+        version = self.pool.windows_version
+        if version == self._windows_saved:
+            return
+        snapshot = self.pool.windows_snapshot()
+        try:
+            await trio.to_thread.run_sync(window_store.save, self._windows_path, snapshot)
+        except OSError as e:
+            log.warning("cannot save the rate windows to %s: %s", self._windows_path, e)
+        self._windows_saved = version
 
     def _spawn(self, fn: Any) -> None:
         # Per-request helper tasks (stream pumps) belong to the services nursery.

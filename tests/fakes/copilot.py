@@ -17,7 +17,13 @@ shape, whole or streamed:
 * embeddings: ``embedding_for(text, dims)``; base64 when asked.
 
 The exact usage sent is stored in ``RecordedRequest.usage``. Answers carry
-``x-request-id`` and ``x-quota-snapshot-premium_interactions``.
+``x-request-id`` and ``x-quota-snapshot-premium_interactions`` (``rem`` = percent of
+``GithubAccount.premium_remaining`` / ``premium_entitlement``, ``rst`` =
+``premium_reset``); when the request carries ``X-GitHub-Api-Version`` (as Copilot
+requires), also ``x-usage-ratelimit-<window>: <value>`` for each entry of
+``GithubAccount.rate_windows`` (e.g. ``{"weekly": "ent=0&rem=35.5&rst=…"}``). Rate-limit
+refusals (a weekly 429 with ``x-ratelimit-exceeded``, a bare 402 ``quota_exceeded``) are
+canned ``script(...)`` answers with ``headers=`` and ``json=``.
 
 Knobs: ``copilot_models`` (editable list; ``reset()`` restores ``DEFAULT_COPILOT_MODELS``;
 a model's ``supported_endpoints`` gates the paths), ``GithubAccount.models`` (per-account
@@ -291,11 +297,15 @@ class CopilotFake(GithubFake):
             )
         return model
 
-    def _copilot_headers(self, ct: CopilotToken) -> list[tuple[str, str]]:
+    def _copilot_headers(
+        self, ct: CopilotToken, rec: RecordedRequest | None = None
+    ) -> list[tuple[str, str]]:
         with self._cond:
             acc = self.github_accounts.get(ct.github_token)
             rem = acc.premium_remaining if acc else 240.0
             ent = acc.premium_entitlement if acc else 300.0
+            rst = acc.premium_reset if acc else "2026-12-01T00:00:00Z"
+            windows = dict(acc.rate_windows) if acc else {}
         pct = round(rem / ent * 100, 1) if ent else 100.0
         quota = urllib.parse.urlencode(
             {
@@ -303,14 +313,17 @@ class CopilotFake(GithubFake):
                 "ov": "0.0",
                 "ovPerm": "false",
                 "rem": pct,
-                "rst": "2026-12-01T00:00:00Z",
+                "rst": rst,
             }
         )
-        return [
+        out = [
             ("x-request-id", f"fake-{next(self._ids)}"),
             ("x-github-request-id", f"FAKE:{next(self._ids)}"),
             ("x-quota-snapshot-premium_interactions", quota),
         ]
+        if rec is not None and rec.header("x-github-api-version"):
+            out += [(f"x-usage-ratelimit-{name}", value) for name, value in windows.items()]
+        return out
 
     def _models(self, rec: RecordedRequest, script: Script | None) -> Reply:
         ct = self._copilot_auth(rec)
@@ -336,7 +349,7 @@ class CopilotFake(GithubFake):
             body,
             plan,
             usage,
-            self._copilot_headers(ct),
+            self._copilot_headers(ct, rec),
             copilot=True,
         )
 
@@ -370,7 +383,7 @@ class CopilotFake(GithubFake):
         return json_reply(
             200,
             {"object": "list", "data": data, "model": name, "usage": usage},
-            self._copilot_headers(ct),
+            self._copilot_headers(ct, rec),
         )
 
     # -- Responses API -----------------------------------------------------------------
@@ -451,7 +464,7 @@ class CopilotFake(GithubFake):
                 "role": "assistant",
                 "content": [{"type": "output_text", "text": plan.text, "annotations": []}],
             }
-        headers = self._copilot_headers(ct)
+        headers = self._copilot_headers(ct, rec)
         if not body.get("stream"):
             return json_reply(200, response("completed", [final_item], True), headers)
 
@@ -580,7 +593,7 @@ class CopilotFake(GithubFake):
             "stop_sequence": None,
             "usage": usage,
         }
-        headers = [("request-id", f"req_fake{next(self._ids)}"), *self._copilot_headers(ct)]
+        headers = [("request-id", f"req_fake{next(self._ids)}"), *self._copilot_headers(ct, rec)]
         if not body.get("stream"):
             return json_reply(200, message, headers)
         events: list[tuple[bytes, bool]] = []

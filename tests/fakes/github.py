@@ -18,7 +18,8 @@ Knobs:
 * ``github_account(token)`` -> ``GithubAccount``: ``exchange_failure``,
   ``notification_id``, ``expires_in``/``refresh_in`` of minted tokens, ``api_url``
   (``endpoints.api``), ``models`` (allowed ids), ``premium_remaining``/
-  ``premium_entitlement``, ``sku``. ``exchange_count(token)`` counts exchanges.
+  ``premium_entitlement``, ``premium_reset``, ``rate_windows`` (see ``copilot.py``),
+  ``sku``. ``exchange_count(token)`` counts exchanges.
 * Copilot tokens minted here are what the Copilot API (``copilot.py``) accepts:
   ``issue_copilot_token``, ``add_copilot_token``, ``revoke_copilot_tokens``.
 """
@@ -92,6 +93,9 @@ class GithubAccount:
     models: list[str] | None = None  # restrict the models this account may use
     premium_remaining: float = 240.0
     premium_entitlement: float = 300.0
+    premium_reset: str = "2026-12-01T00:00:00Z"  # rst of the quota snapshot header
+    # window -> "ent=…&rem=…&rst=…", sent as x-usage-ratelimit-<window> on answers
+    rate_windows: dict[str, str] = field(default_factory=dict)
     exchanges: int = 0
 
 

@@ -2,8 +2,10 @@
 
 Each configured account has an :class:`AccountState` holding its live
 credential, cooldown and model list. The pool picks candidates round robin,
-applies pins (``provider/model``, ``X-Tokn-Account``), and records outcomes
-(cooldowns with ``Retry-After`` or exponential back-off capped at 16x).
+ordered by quota headroom (:mod:`tokn_router.accounts.windows`), applies pins
+(``provider/model``, ``X-Tokn-Account``), and records outcomes: cooldowns with
+``Retry-After`` or exponential back-off capped at 16x, and per-window
+exhaustion (session, weekly, quota) until that window's reset.
 
 Credentials and model lists are kept fresh by
 :class:`~tokn_router.accounts.refresher.Refresher`, one task per account; this
@@ -12,11 +14,10 @@ module holds only the state and the choices, and does no I/O.
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,30 +26,12 @@ import trio
 from tokn_router.accounts import providers
 from tokn_router.accounts.providers.base import Credential, Provider
 from tokn_router.accounts.schema import Account, Config
+from tokn_router.accounts.windows import Choice, Windows, is_premium, order, tier
+from tokn_router.wire.quota import Limit, read_windows
 
 log = logging.getLogger("tokn_router.pool")
 
 MAX_BACKOFF_FACTOR = 16
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        secs = float(value)
-        return max(0.0, secs) if math.isfinite(secs) else None
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when is None:
-        return None
-    now = time.time() if now is None else now
-    return max(0.0, when.timestamp() - now)
 
 
 @dataclass(eq=False)
@@ -70,18 +53,24 @@ class AccountState:
     # so requests arriving during start-up wait instead of seeing a partial pool
     ready: trio.Event = field(default_factory=trio.Event)
     removed: bool = False
+    windows: Windows = field(default_factory=Windows)  # rate windows and quotas
 
     @property
     def id(self) -> str:
         return self.account.id
 
-    def usable(self, now: float) -> bool:
+    def usable(self, now: float, premium: bool = True) -> bool:
+        """Enabled, not cooling down, and no window a (premium) request spends is used up."""
         return (
             self.account.enabled
             and not self.disabled_reason
             and not self.removed
-            and self.cooldown_until <= now
+            and self.available_at(now, premium) <= now
         )
+
+    def available_at(self, now: float, premium: bool = True) -> float:
+        """When the account takes such a request again (<= now: it does)."""
+        return max(self.cooldown_until, self.windows.exhausted_until(now, premium=premium))
 
     def serves(self, model: str) -> bool:
         if self.models:
@@ -126,11 +115,20 @@ class AccountState:
         self.refresh_at = due
 
     def health(self, now: float) -> dict[str, Any]:
+        """The account's block of ``/healthz``.
+
+        ``cooling_down`` covers a back-off and a used-up window alike (then
+        ``cooldown_window`` names it); ``quota_exhausted``: the premium quota is
+        used up, free (0x) models are still served.
+        """
         state = "healthy"
+        until = self.available_at(now, premium=False)
         if not self.account.enabled or self.disabled_reason:
             state = "disabled"
-        elif self.cooldown_until > now:
+        elif until > now:
             state = "cooling_down"
+        elif self.available_at(now, premium=True) > now:
+            state = "quota_exhausted"
         elif self.provider.needs_refresh() and self.credential is None:
             state = "no_credential"
         out: dict[str, Any] = {
@@ -139,9 +137,18 @@ class AccountState:
             "state": state,
             "models": len(self.models),
         }
-        if state == "cooling_down":
-            out["cooldown_until"] = int(self.cooldown_until)
-            out["retry_after_secs"] = math.ceil(self.cooldown_until - now)
+        if state in ("cooling_down", "quota_exhausted"):
+            premium = state == "quota_exhausted"
+            until = self.available_at(now, premium=premium)
+            out["cooldown_until"] = int(until)
+            out["retry_after_secs"] = math.ceil(until - now)
+            shut = self.windows.blocking(now, premium=premium)
+            if shut is not None and shut[1].exhausted_until >= self.cooldown_until:
+                out["cooldown_window"] = shut[0]
+        if self.windows:
+            out["windows"] = self.windows.as_json(now)
+        if self.account.reserve_percent:
+            out["reserve_percent"] = self.account.reserve_percent
         if self.disabled_reason:
             out["disabled_reason"] = self.disabled_reason
         elif not self.account.enabled:
@@ -170,6 +177,10 @@ class Pool:
         self.cfg = cfg
         self.states: list[AccountState] = []
         self._rr = 0
+        # windows saved by an earlier run, for accounts not configured yet
+        self._restored: dict[str, Any] = {}
+        self.windows_version = 0  # bumps whenever a window changes (the daemon saves them)
+        self._windows_event = trio.Event()
         self.apply_config(cfg)
 
     # ----------------------------------------------------------------- config
@@ -194,6 +205,8 @@ class Pool:
                     old[acc.id + "\0replaced"] = st
                 st = AccountState(account=acc, provider=prov)
                 st.set_credential(_initial_credential(acc, prov))
+                if acc.id in self._restored:
+                    st.windows = Windows.load(self._restored.pop(acc.id))
                 added.append(st)
             else:
                 creds_changed = (
@@ -240,7 +253,11 @@ class Pool:
         provider_id: str | None = None,
         account_id: str | None = None,
     ) -> list[AccountState]:
-        """Accounts that can serve ``model``, in round-robin order (cooling ones included last)."""
+        """Accounts that can serve ``model``, in the order to try them.
+
+        Round robin, then :func:`~tokn_router.accounts.windows.order`: the most
+        headroom first, below-reserve accounts as a last resort, cooling ones last.
+        """
         if account_id is not None:
             return [s for s in self.states if s.id == account_id and s.serves(model)]
         found = self.serving(model, provider_id=provider_id)
@@ -248,7 +265,26 @@ class Pool:
             return []
         start = self._rr % len(found)
         self._rr += 1
-        return found[start:] + found[:start]
+        rotated = found[start:] + found[:start]
+        premium = self.is_premium(rotated, model)
+        now = time.time()
+        choices = [self.choice(s, now, premium=premium) for s in rotated]
+        return [rotated[i] for i in order(choices)]
+
+    def is_premium(self, states: Iterable[AccountState], model: str) -> bool:
+        """Does a request for ``model`` spend premium quota? (Unknown: yes.)"""
+        return is_premium(s.models.get(model) for s in states)
+
+    def choice(self, st: AccountState, now: float, *, premium: bool) -> Choice:
+        return Choice(
+            headroom=st.windows.headroom(now, premium=premium),
+            reserve=st.account.reserve_percent,
+            exhausted=not st.usable(now, premium),
+        )
+
+    def tier(self, st: AccountState, now: float, *, premium: bool) -> int:
+        """0: in rotation, 1: below its reserve, 2: cooling down or window used up."""
+        return tier(self.choice(st, now, premium=premium))
 
     def pick(self, states: list[AccountState]) -> AccountState:
         """One of ``states`` in round-robin order (shares the pool's rotation)."""
@@ -276,9 +312,66 @@ class Pool:
         log.warning("account %s cooling down for %.0fs: %s", st.id, retry_after, reason)
         return retry_after
 
-    def soonest_available(self, states: Iterable[AccountState]) -> float | None:
-        ends = [s.cooldown_until for s in states if s.cooldown_until > time.time()]
+    def soonest_available(
+        self, states: Iterable[AccountState], premium: bool = True
+    ) -> float | None:
+        now = time.time()
+        ends = [e for s in states if (e := s.available_at(now, premium)) > now]
         return min(ends) if ends else None
+
+    # ---------------------------------------------------------------- windows
+
+    def observe(
+        self, st: AccountState, headers: Iterable[tuple[str, str]], *, premium: bool
+    ) -> None:
+        """Remember the window and quota readings of a success answer."""
+        readings = read_windows(headers)
+        if (readings or st.windows) and st.windows.observe(readings, time.time(), premium=premium):
+            self._note_windows()
+
+    def exhaust(self, st: AccountState, limit: Limit, reason: str, *, premium: bool) -> float:
+        """Shut the window ``limit`` names until its reset; returns the seconds until then."""
+        now = time.time()
+        name, until = st.windows.exhaust(
+            limit, now, premium=premium, fallback_secs=float(self.cfg.pool.window_cooldown_secs)
+        )
+        st.last_error = reason
+        self._note_windows()
+        free = (
+            "; free (0x) models are still served" if st.windows.by_name[name].premium_only else ""
+        )
+        log.warning(
+            "account %s: %s window used up until %s (%s)%s",
+            st.id,
+            name,
+            time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(until)),
+            limit.detail,
+            free,
+        )
+        return until - now
+
+    def _note_windows(self) -> None:
+        self.windows_version += 1
+        self._windows_event.set()
+
+    async def wait_windows_change(self, seen: int) -> int:
+        """Wait until :attr:`windows_version` moves past ``seen`` (one waiter: the daemon)."""
+        while self.windows_version == seen:
+            self._windows_event = trio.Event()
+            await self._windows_event.wait()
+        return self.windows_version
+
+    def windows_snapshot(self) -> dict[str, Any]:
+        """Every account's windows, for the state file (see ``accounts/window_store.py``)."""
+        return {s.id: s.windows.dump() for s in self.states if s.windows}
+
+    def restore_windows(self, saved: Mapping[str, Any]) -> None:
+        """Adopt windows saved by an earlier run (a used-up week stays used up)."""
+        for st in self.states:
+            if st.id in saved:
+                st.windows = Windows.load(saved[st.id])
+        known = {s.id for s in self.states}
+        self._restored = {k: v for k, v in saved.items() if k not in known}
 
     # ---------------------------------------------------------------- models
 

@@ -35,6 +35,10 @@ class ServerConfig(_Base):
 class PoolConfig(_Base):
     strategy: Literal["round_robin"] = "round_robin"
     failure_cooldown_secs: Annotated[int, msgspec.Meta(ge=0)] = 60
+    # a conversation stays on its account until it has been idle this long (0: off)
+    sticky_idle_secs: Annotated[int, msgspec.Meta(ge=0)] = 3600
+    # a used-up window or quota whose reset upstream did not say: shut this long
+    window_cooldown_secs: Annotated[int, msgspec.Meta(ge=1)] = 3600
 
 
 class UsageConfig(_Base):
@@ -97,6 +101,8 @@ class Account(_Base):
     refresh_url: str | None = None
     api_key: str | None = None
     base_url: str | None = None
+    # below this share left in a window, the account serves only as a last resort
+    reserve_percent: Annotated[float, msgspec.Meta(ge=0, le=100)] = 0.0
     settings: AccountSettings = msgspec.field(default_factory=AccountSettings)
 
 

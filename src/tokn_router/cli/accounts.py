@@ -11,10 +11,11 @@ import msgspec
 from cyclopts import App, Parameter
 
 from tokn_router import redact
-from tokn_router.accounts import config, config_ops
+from tokn_router.accounts import config, config_ops, window_store
 from tokn_router.accounts.config import Account, Config
 from tokn_router.accounts.providers import PROVIDERS, Credential, RequestInfo
 from tokn_router.accounts.providers import github as gh
+from tokn_router.accounts.windows import Windows
 from tokn_router.cli import _context
 from tokn_router.cli._app import app
 from tokn_router.cli._params import Flag, Json, Yes
@@ -86,7 +87,15 @@ def token_state(acc: Account, now: float | None = None) -> str:
     return "expired" if exp and exp <= now else "valid"
 
 
-def account_json(acc: Account) -> dict[str, Any]:
+def saved_windows() -> tuple[dict[str, Any], float | None]:
+    """The windows the daemon last saved (account id -> saved form), and when."""
+    return window_store.load(window_store.path_for(_context.config_path()))
+
+
+def account_json(acc: Account, saved: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An account for --json; ``saved`` is :func:`saved_windows`' map (read if None)."""
+    if saved is None:
+        saved = saved_windows()[0]
     provider = PROVIDERS.get(acc.provider)
     refreshes = provider is not None and provider.needs_refresh()
     return {
@@ -95,6 +104,8 @@ def account_json(acc: Account) -> dict[str, Any]:
         "enabled": acc.enabled,
         "token_state": token_state(acc),
         "token_expires_at": acc.access_token_expires_at if refreshes else None,
+        "reserve_percent": acc.reserve_percent,
+        "windows": Windows.load(saved.get(acc.id)).as_json(time.time()),
     }
 
 
@@ -104,7 +115,8 @@ def account_list(*, as_json: Json = False) -> None:
 
     --json prints {"format": 1, "accounts": [...]}; each account has id,
     provider, enabled, token_state (static_key, not_minted, valid or expired)
-    and token_expires_at (unix seconds or null).
+    and token_expires_at (unix seconds or null), reserve_percent and windows (each
+    rate window as the daemon last saved it); windows_saved_at says when.
 
     Parameters
     ----------
@@ -113,7 +125,14 @@ def account_list(*, as_json: Json = False) -> None:
     """
     cfg = _context.config_file().load()
     if as_json:
-        print_json({"format": JSON_FORMAT, "accounts": [account_json(a) for a in cfg.accounts]})
+        saved, saved_at = saved_windows()
+        print_json(
+            {
+                "format": JSON_FORMAT,
+                "accounts": [account_json(a, saved) for a in cfg.accounts],
+                "windows_saved_at": int(saved_at) if saved_at else None,
+            }
+        )
         return
     if not cfg.accounts:
         print("No accounts. Add one with `tokn-router login` or `tokn-router import`.")
@@ -241,10 +260,43 @@ def show_lines(cfg: Config, acc: Account) -> list[str]:
             f"api_key:       {redact.secret(acc.api_key)}",
             f"api base:      {base}{'' if acc.base_url else ' (default)'}",
         ]
+    if acc.reserve_percent:
+        lines.append(f"reserve:       {acc.reserve_percent:g}% of each window")
     settings = msgspec.to_builtins(acc.settings)  # only what the config sets
     if settings:
         lines.append("settings:")
         lines += [f"  {k}: {v}" for k, v in settings.items()]
+    return lines
+
+
+def window_lines(acc: Account, now: float | None = None) -> list[str]:
+    """The account's windows as the daemon last saved them."""
+    saved, saved_at = saved_windows()
+    windows = Windows.load(saved.get(acc.id))
+    if not windows:
+        return ["windows:       none seen yet (the daemon records what upstream reports)"]
+    now = time.time() if now is None else now
+    when = time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(saved_at)) if saved_at else "?"
+    lines = [f"windows:       (as of {when})"]
+    for name, w in sorted(windows.by_name.items()):
+        if w.unlimited:
+            text = "unlimited"
+        elif w.remaining_pct is not None:
+            text = f"{w.remaining_pct:g}% left"
+            if w.entitlement:
+                text += f" of {w.entitlement:g}"
+        else:
+            text = "remaining unknown"
+        if w.exhausted_until > now:
+            text = f"USED UP until {format_expiry(int(w.exhausted_until), now)}"
+            if w.premium_only:
+                text += " (free models still served)"
+            if w.reason:
+                text += f": {w.reason}"
+        elif w.reset_at:
+            verb = "resets" if w.reset_at > now else "reset since"
+            text += f", {verb} {format_expiry(int(w.reset_at), now).replace('(expired ', '(')}"
+        lines.append(f"  {name}: {text}")
     return lines
 
 
@@ -299,7 +351,7 @@ def show(account_id: str, /, *, no_proxy: Flag = False, as_json: Json = False) -
             out["quota_error"] = error
         print_json({"format": JSON_FORMAT, "account": out})
         return
-    for line in show_lines(cfg, acc):
+    for line in [*show_lines(cfg, acc), *window_lines(acc)]:
         print(line, flush=True)
     if not wants_quota:
         return

@@ -24,6 +24,7 @@ from tokn_router.errors import RequestError, TranslationError
 from tokn_router.serve.call import JSON, Answer, Call, json_answer, sse_answer
 from tokn_router.serve.pump import Spawn, relay_stream
 from tokn_router.serve.relay import Opened, Relay, Route
+from tokn_router.serve.sticky import session_key
 from tokn_router.usage.inflight import Report, RequestLog, finish_row
 from tokn_router.wire.errors import (
     Shape,
@@ -106,11 +107,19 @@ def check_route_mode(call: Call, default: str) -> str:
 
 
 async def read_request(svc: Services, call: Call, rlog: RequestLog) -> dict[str, Any]:
-    """The common start of every model endpoint: route mode, then the JSON body."""
+    """The common start of every model endpoint: route mode, the JSON body, the session.
+
+    The session key (hashed) rides in the row's context; the relay reads it
+    there to keep the conversation on its account (:mod:`tokn_router.serve.sticky`).
+    """
     cfg = svc.config()
     if call.source == "api":
         rlog.route_mode = check_route_mode(call, cfg.server.route_mode)
-    return await call.read_json(cfg.server.max_body_bytes)
+    body = await call.read_json(cfg.server.max_body_bytes)
+    key = session_key(call.headers, body)
+    if key is not None:
+        rlog.extra["session"] = key.as_json()
+    return body
 
 
 async def read_model_request(

@@ -3,8 +3,11 @@
 :meth:`Relay.route` resolves a client model id to the accounts that serve it;
 :meth:`Relay.open` sends the request to the first one that accepts, failing
 over before the first byte is sent to the client. What each upstream status
-means for the account (relay, refresh once, cool down) is the pure table in
-:mod:`tokn_router.serve.policy`; a token refresh is single-flight per account.
+means for the account (relay, refresh once, cool down, shut a rate window) is
+the pure table in :mod:`tokn_router.serve.policy`; a token refresh is
+single-flight per account. A conversation stays on the account that served it
+(:mod:`tokn_router.serve.sticky`); success answers feed the account's window
+readings (:mod:`tokn_router.wire.quota`).
 
 The caller then relays the opened response and closes the request's
 :class:`~tokn_router.usage.inflight.RequestLog`.
@@ -21,12 +24,15 @@ import httpx2 as httpx
 import trio
 
 from tokn_router.accounts import providers
-from tokn_router.accounts.pool import AccountState, Pool, parse_retry_after
+from tokn_router.accounts.pool import AccountState, Pool
 from tokn_router.accounts.refresher import Refresher
+from tokn_router.accounts.windows import IN_ROTATION
 from tokn_router.errors import RequestError
 from tokn_router.serve.policy import Action, decide
+from tokn_router.serve.sticky import SessionTable
 from tokn_router.usage.inflight import RequestLog
 from tokn_router.wire.errors import upstream_error_text
+from tokn_router.wire.quota import LimitKind, classify_limit, retry_after_secs
 from tokn_router.wire.translate.models import closest_ids
 
 log = logging.getLogger("tokn_router.relay")
@@ -38,6 +44,7 @@ class Route:
 
     model: str  # the id sent upstream
     candidates: list[AccountState]
+    premium: bool = True  # the model spends premium quota (unknown: it does)
 
 
 # (account, token) -> (body bytes, headers) for one attempt
@@ -58,6 +65,7 @@ class Relay:
         self.pool = pool
         self.refresher = refresher
         self.client = client
+        self.sessions = SessionTable()
 
     # ---------------------------------------------------------------- routing
 
@@ -98,7 +106,8 @@ class Relay:
                 resolved = resolve(model, self.pool.known_models()) or model
             cands = self.pool.candidates(resolved, provider_id=provider_id, account_id=account_id)
             if cands:
-                return Route(model=resolved, candidates=cands)
+                premium = self.pool.is_premium(cands, resolved)
+                return Route(model=resolved, candidates=cands, premium=premium)
             if attempt == 0 and not await self._fetch_missing_models():
                 break
         raise self._unknown_model(requested, account_id)
@@ -134,15 +143,18 @@ class Relay:
         """Send to the first account that accepts; fail over before the first byte."""
         last_error = "no account was available"
         tried: list[AccountState] = []
-        for st in route.candidates:
-            if not st.usable(time.time()):
+        candidates, sticky = self._sticky_order(route, rlog)
+        for st in candidates:
+            if not st.usable(time.time(), route.premium):
                 continue
             tried.append(st)
             opened, last_error = await self._try_account(st, route, path, build, rlog)
             if opened is not None:
+                if sticky is not None:
+                    self._bind(sticky, opened, rlog)
                 return opened
         states = route.candidates
-        soonest = self.pool.soonest_available(states)
+        soonest = self.pool.soonest_available(states, route.premium)
         retry_after = max(1, int(soonest - time.time()) + 1) if soonest else 30
         if not tried:
             msg = "every account that serves this model is cooling down"
@@ -157,6 +169,56 @@ class Relay:
             code="all_accounts_unavailable",
             headers={"Retry-After": str(retry_after)},
         )
+
+    # -------------------------------------------------------- sticky sessions
+
+    def _sticky_order(
+        self, route: Route, rlog: RequestLog
+    ) -> tuple[list[AccountState], _Sticky | None]:
+        """The candidates with the conversation's account first while it is fit to serve."""
+        session = rlog.extra.get("session")
+        idle = float(self.pool.cfg.pool.sticky_idle_secs)
+        if not isinstance(session, dict) or idle <= 0:
+            return route.candidates, None
+        key = session["key"]
+        now = time.time()
+        pinned = None if session.get("new") else self.sessions.lookup(key, now, idle)
+        sticky = _Sticky(key, idle, pinned)
+        if pinned is None:
+            return route.candidates, sticky
+        st = next((s for s in route.candidates if s.id == pinned), None)
+        if st is None:
+            # its account does not serve this model (e.g. a side request on a
+            # small model): route it normally and keep the conversation's binding
+            sticky.keep_binding = True
+            return route.candidates, sticky
+        if not st.usable(now, route.premium):
+            sticky.reason = "unavailable"  # cooling down, or a window is used up
+            return route.candidates, sticky
+        if self.pool.tier(st, now, premium=route.premium) != IN_ROTATION and any(
+            self.pool.tier(s, now, premium=route.premium) == IN_ROTATION for s in route.candidates
+        ):
+            sticky.reason = "reserve"  # below its reserve while another account has room
+            return route.candidates, sticky
+        return [st, *(s for s in route.candidates if s is not st)], sticky
+
+    def _bind(self, sticky: _Sticky, opened: Opened, rlog: RequestLog) -> None:
+        if opened.response.status_code >= 400 or sticky.keep_binding:
+            return  # the request's own fault, or another model's account: not the session's
+        served = opened.state.id
+        if sticky.pinned is not None and served != sticky.pinned:
+            reason = sticky.reason or "failed"
+            session = rlog.extra["session"]
+            session["switched_from"] = sticky.pinned
+            session["switch_reason"] = reason
+            log.info(
+                "session %s moved from account %s to %s (%s)",
+                sticky.key[:12],
+                sticky.pinned,
+                served,
+                reason,
+            )
+        self.sessions.bind(sticky.key, served, time.time(), sticky.idle)
 
     async def _try_account(
         self,
@@ -202,6 +264,7 @@ class Relay:
             decision = decide(status, can_refresh=st.provider.needs_refresh() and not refreshed)
             if decision.action is Action.ANSWER:
                 self.pool.succeeded(st)
+                self.pool.observe(st, resp.headers.multi_items(), premium=route.premium)
             if decision.action in (Action.ANSWER, Action.RELAY):
                 rlog.attempts.append({"account_id": st.id, "status": status})
                 return Opened(st, resp), ""
@@ -213,6 +276,9 @@ class Relay:
                 with trio.CancelScope(shield=True):
                     await resp.aclose()
             reason = upstream_error_text(status, err_body, resp.headers.get("content-type", ""))
+            limit = classify_limit(status, resp.headers, err_body)
+            if limit is not None and limit.kind is not LimitKind.BURST:
+                reason = f"{reason} [{_window_name(limit.kind)} used up: {limit.detail}]"
             rlog.attempts.append({"account_id": st.id, "status": status, "error": reason})
             if decision.action is Action.REFRESH:
                 refreshed = True
@@ -220,8 +286,32 @@ class Relay:
                 if await self.refresher.refresh(st, seen_generation=gen):
                     continue
                 decision = decide(status, can_refresh=False)
+            if limit is not None:
+                decision = decide(status, can_refresh=False, limit=limit.kind)
+            if decision.window is not None and limit is not None:
+                self.pool.exhaust(st, limit, reason, premium=route.premium)
+                return None, reason
             retry_after = None
             if decision.honour_retry_after:
-                retry_after = parse_retry_after(resp.headers.get("retry-after"))
+                retry_after = retry_after_secs(resp.headers)
             self.pool.cool_down(st, retry_after, reason)
             return None, reason
+
+
+@dataclass(slots=True)
+class _Sticky:
+    """One request's view of its conversation's binding."""
+
+    key: str
+    idle: float
+    pinned: str | None  # the account the conversation was on
+    reason: str | None = None  # why it cannot stay there (before any attempt)
+    keep_binding: bool = False  # served elsewhere without moving the conversation
+
+
+def _window_name(kind: LimitKind) -> str:
+    return {
+        LimitKind.SESSION: "the session window",
+        LimitKind.WEEKLY: "the weekly window",
+        LimitKind.QUOTA: "the quota",
+    }.get(kind, kind.value)

@@ -42,6 +42,7 @@ class RequestLog:
     ttft_ms: float | None = None
     latency_ms: float | None = None
     attempts: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # more context for ctx_json
     reported: bool = False
 
     def to_record(self) -> RequestRecord:
@@ -72,6 +73,7 @@ class RequestLog:
                 Attempt(account_id=a["account_id"], status=a.get("status", 0), error=a.get("error"))
                 for a in self.attempts
             ],
+            extra=self.extra or None,
         )
 
     def mark_first_token(self) -> None:
