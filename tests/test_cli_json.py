@@ -37,13 +37,19 @@ def test_account_list_json(fake: FakeUpstream, run_cli: Any, write_config: Any) 
         "enabled": False,
         "token_state": "static_key",
         "token_expires_at": None,
+        "reserve_percent": 0.0,
+        "windows": {},  # none seen yet
     }
     assert by_id["fresh"]["token_state"] == "not_minted"
     assert by_id["old"]["token_state"] == "expired"
     no_secrets(r.stdout, GHO, token, ZAI_KEY)
     # no accounts: still an object, not the human sentence
     write_config("")
-    assert as_json(run_cli("account", "list", "--json")) == {"format": 1, "accounts": []}
+    assert as_json(run_cli("account", "list", "--json")) == {
+        "format": 1,
+        "accounts": [],
+        "windows_saved_at": None,
+    }
 
 
 def test_account_show_json(fake: FakeUpstream, run_cli: Any, write_config: Any) -> None:

@@ -13,4 +13,6 @@ __all__ = [
     "refresher",
     "schema",
     "token_sources",
+    "window_store",
+    "windows",
 ]

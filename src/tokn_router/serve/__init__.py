@@ -13,4 +13,5 @@ __all__ = [
     "pump",
     "relay",
     "routes",
+    "sticky",
 ]
