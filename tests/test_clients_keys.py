@@ -189,10 +189,11 @@ def test_keys_cli_lifecycle(run_cli: Any, env_home: Any) -> None:
     r = run_cli("keys", "list")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0].split() == ["NAME", "PREFIX", "STATUS", "CREATED", "LAST", "USED", "EXPIRES", "LIMITS"]  # fmt: skip
+    assert lines[0].split() == ["NAME", "PREFIX", "STATUS", "CREATED", "LAST", "USED", "EXPIRES", "LIMITS", "USE"]  # fmt: skip
     assert lines[1].startswith("alice") and f"{key[:8]}…" in lines[1] and "active" in lines[1]
     assert "gpt-*,claude-*; 300 credits/day; 60 rpm; 4 streams" in lines[1]
     assert "100,000 tokens/week" in lines[2] and "never" in lines[2]
+    assert lines[1].endswith("0/300 credits per day")  # no usage ledger yet: nothing spent
 
     r = run_cli("keys", "list", "--json")
     data = json.loads(r.stdout)
@@ -210,6 +211,13 @@ def test_keys_cli_lifecycle(run_cli: Any, env_home: Any) -> None:
         "max_streams": 4,
     }
     assert bob["expires"] is None
+    assert bob["use"] == {
+        "per": "week",
+        "credits": 0.0,
+        "tokens": 0,
+        "budget_credits": None,
+        "budget_tokens": 100000,
+    }
     digests = [rec.digest for rec in KeyStore(env_home.state_dir).load().records()]
     for out in (r.stdout, run_cli("keys", "list").stdout):
         for secret in (key, bob_key, *digests):

@@ -270,10 +270,11 @@ def _run_sh(
 
 @pytest.fixture
 def lan_daemon(fake: FakeUpstream, write_config: Callable[..., Path], daemon: Any) -> Any:
-    write_config({"accounts": [fake.copilot_account("alice", "gho_alice")]})
-    return daemon(
-        "--host", "0.0.0.0", "--insecure-allow-remote", "--with-proxy", "--proxy-port", "0"
+    # an open LAN server (the set-up with client keys: tests/test_team_server.py)
+    write_config(
+        {"server": {"auth": "none"}, "accounts": [fake.copilot_account("alice", "gho_alice")]}
     )
+    return daemon("--host", "0.0.0.0", "--with-proxy", "--proxy-port", "0")
 
 
 def _banner_fingerprint(d: Any) -> str:
@@ -421,7 +422,7 @@ def test_private_key_is_never_served(lan_daemon: Any, env_home: Any) -> None:
 def test_lan_without_proxy_and_loopback_without_lan(
     fake: FakeUpstream, daemon: Any, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
-    d = daemon("--host", "0.0.0.0", "--insecure-allow-remote")
+    d = daemon("--host", "0.0.0.0")
     api = _local(d.url)
     assert httpx.get(api + "/-/lan/bootstrap.json").json()["proxy_url"] is None
     env = {**cli_env, "XDG_CACHE_HOME": str(tmp_path / "c")}

@@ -396,11 +396,15 @@ def test_proxy_start_alone_and_sigterm(
     assert "chunk5" in "".join(result)
 
 
-def test_non_loopback_proxy_bind_refused(write_config, daemon) -> None:
+def test_non_loopback_proxy_requires_client_keys(write_config, daemon) -> None:
     write_config({"proxy_mode": {"host": "0.0.0.0"}})
-    d = daemon("--with-proxy", ready=False)
-    assert d.wait_exit(15) == 2
-    assert "--insecure-allow-remote" in d.stderr_text
+    d = daemon("--with-proxy", "--proxy-port", "0")
+    port = int(d.proxy_url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n\r\n")
+        head = s.recv(65536).decode("latin-1")
+    assert head.startswith("HTTP/1.1 407 ")
+    assert "proxy-authenticate: basic" in head.lower()
 
 
 def test_intercept_hosts_follow_a_config_edit(

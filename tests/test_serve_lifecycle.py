@@ -113,18 +113,22 @@ def test_malformed_host_header_is_a_clean_400(one_account: None, daemon) -> None
     assert "Traceback" not in d.stderr_text
 
 
-def test_non_loopback_bind_refused(one_account: None, daemon) -> None:
-    d = daemon("--host", "0.0.0.0", ready=False)
-    assert d.wait_exit(15) == 2
-    err = [line for line in d.stderr_text.splitlines() if line.strip()]
-    assert len(err) == 1 and "--insecure-allow-remote" in err[0]
-
-
-def test_non_loopback_bind_allowed_with_flag(one_account: None, daemon) -> None:
-    d = daemon("--host", "0.0.0.0", "--insecure-allow-remote")
+def test_non_loopback_bind_requires_client_keys(one_account: None, daemon) -> None:
+    d = daemon("--host", "0.0.0.0")
+    assert "client keys required (0 active" in d.stdout_text
     port = d.url.rsplit(":", 1)[1]
+    r = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers={"Host": "192.0.2.1"})
+    assert r.status_code == 401 and _err(r)["code"] == "invalid_api_key"
     r = httpx.get(f"http://127.0.0.1:{port}/healthz", headers={"Host": "192.0.2.1"})
     assert r.status_code == 200  # no Host guard on a deliberate remote bind
+
+
+def test_old_insecure_allow_remote_flag_is_accepted(one_account: None, daemon) -> None:
+    d = daemon("--host", "0.0.0.0", "--insecure-allow-remote")
+    assert "--insecure-allow-remote is no longer needed" in d.stdout_text
+    port = d.url.rsplit(":", 1)[1]
+    r = httpx.get(f"http://127.0.0.1:{port}/v1/models")
+    assert r.status_code == 401  # it no longer opens the server to everyone
 
 
 def test_bind_failure_is_one_line(one_account: None, daemon) -> None:

@@ -54,6 +54,8 @@ LAZY_IMPORTS: dict[tuple[str, str], str] = {
     ("tokn_router.cli.status", "tokn_router.edges.proxy.ca"): _CA_STARTUP,
     ("tokn_router.cli.keys_cmd", "tokn_router.clients.keys"): _CLI_STARTUP,
     ("tokn_router.cli.keys_cmd", "tokn_router.clients.limits"): _CLI_STARTUP,
+    ("tokn_router.cli.keys_cmd", "tokn_router.clients.ledger"): _CLI_STARTUP,
+    ("tokn_router.cli.keys_cmd", "tokn_router.usage.schema"): _CLI_STARTUP,
     ("tokn_router.cli.service_cmd", "tokn_router.service"): _CLI_STARTUP,
     ("tokn_router.cli.proxy_cmd", "tokn_router.daemon"): _CLI_STARTUP,
     ("tokn_router.cli.proxy_cmd", "tokn_router.edges.proxy.ca"): _CA_STARTUP,

@@ -6,11 +6,16 @@ Task tree (every task has an owner; shutdown is an ordered sequence)::
     ├── usage writer                 (ends after the request path stops reporting)
     └── services nursery
         ├── signal handler           SIGINT/SIGTERM → graceful stop, SIGHUP → reload
-        ├── config watcher           file edits → reload accounts
+        ├── config watcher           file edits → reload accounts; client keys (once a second)
         ├── refresher per account    credential + model list
         ├── window saver             rate windows -> windows.json (restored at start)
         ├── API listener             hypercorn.trio.serve(shutdown_trigger=…)
         └── MITM proxy listener      (serve --with-proxy)
+
+Client keys (:mod:`tokn_router.serve.gate`): a listener on a non-loopback address
+requires them unless ``[server] auth = "none"``; on loopback they are optional
+unless ``auth = "keys"``. Spending is read back from the ledger at start-up, so
+budgets survive a restart.
 
 Shutdown: the listeners stop accepting and give in-flight requests
 ``server.shutdown_grace_secs``; then the services nursery is cancelled, the
@@ -23,10 +28,10 @@ from __future__ import annotations
 import dataclasses
 import errno
 import functools
-import ipaddress
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import time
 from dataclasses import dataclass
@@ -44,17 +49,24 @@ from tokn_router.accounts.config import Config, ConfigFile, ProxyModeConfig
 from tokn_router.accounts.pool import AccountState, Pool
 from tokn_router.accounts.providers.base import Credential
 from tokn_router.accounts.refresher import Refresher
+from tokn_router.clients.keys import KeyStore
+from tokn_router.clients.ledger import keyed_spend
+from tokn_router.clients.limits import PERIOD_SECS
+from tokn_router.clients.policy import AuthMode, auth_mode, is_loopback_bind
 from tokn_router.edges.api import ApiServices, create_app
 from tokn_router.edges.lan import LanInfo
 from tokn_router.edges.proxy import listener
 from tokn_router.edges.proxy.modes import BUILTIN_INTERCEPT, InterceptList, ProxyModes
-from tokn_router.errors import ToknError, UsageError
+from tokn_router.errors import ToknError
 from tokn_router.net.client import ProxySetting, make_client, tls_context
 from tokn_router.net.transport import TrioH11Transport
 from tokn_router.net.tunnels import open_upstream
 from tokn_router.serve.common import Services
+from tokn_router.serve.gate import Gate
+from tokn_router.serve.metrics import Metrics
 from tokn_router.serve.relay import Relay
-from tokn_router.usage import open_ledger
+from tokn_router.serve.routes import ENDPOINTS
+from tokn_router.usage import NoDatabaseError, UsageDbError, open_ledger, open_readonly
 from tokn_router.usage.record import RequestRecord
 
 log = logging.getLogger("tokn_router.daemon")
@@ -74,6 +86,8 @@ class ServeOptions:
     host: str | None = None  # API listener (and, in LAN mode, the proxy too)
     port: int | None = None
     no_proxy: bool = False
+    # Accepted for old command lines; no effect: a non-loopback bind requires client
+    # keys unless [server] auth = "none" says otherwise.
     insecure_allow_remote: bool = False
     api: bool = True
     with_proxy: bool = False
@@ -82,21 +96,28 @@ class ServeOptions:
     proxy_route_mode: str | None = None
 
 
-def is_loopback_bind(host: str) -> bool:
-    if host in ("localhost", "localhost."):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+def bind_notes(host: str, auth: str | None, what: str, active_keys: int) -> list[str]:
+    """What the banner says about who may use a listener on ``host``.
 
-
-def check_bind(host: str, allow_remote: bool, what: str = "--host") -> None:
-    if not is_loopback_bind(host) and not allow_remote:
-        raise UsageError(
-            f"refusing to listen on non-loopback address {host} ({what}): anyone who can reach "
-            "it could use your accounts; pass --insecure-allow-remote to do it anyway"
+    A non-loopback bind is allowed: it requires client keys unless the config says
+    ``[server] auth = "none"``, which is then stated loudly, every start.
+    """
+    mode = auth_mode(host, auth)
+    if mode is AuthMode.OFF and not is_loopback_bind(host):
+        return [
+            f'WARNING: {what} {host} is open to anyone who can reach it ([server] auth = "none"): '
+            "they can use your accounts"
+        ]
+    if mode is AuthMode.REQUIRED:
+        hint = (
+            ""
+            if active_keys
+            else "; none exists yet: create one with `tokn-router keys create NAME`"
         )
+        return [f"{what} {host}: client keys required ({active_keys} active{hint})"]
+    if mode is AuthMode.OPTIONAL and active_keys:
+        return [f"{what} {host}: client keys optional ({active_keys} active)"]
+    return []
 
 
 def _leaf_errors(exc: BaseException) -> list[BaseException]:
@@ -183,13 +204,9 @@ class Daemon:
         self.cfg: Config = self.file.load()
         self.host = opts.host or self.cfg.server.host
         self.port = self.cfg.server.port if opts.port is None else opts.port
-        if opts.api:
-            check_bind(self.host, opts.insecure_allow_remote)
         # In LAN mode (--host) the proxy listens on the same interface as the API.
         self.proxy_host = opts.proxy_host or opts.host or self.cfg.proxy_mode.host
         self.proxy_port = self.cfg.proxy_mode.port if opts.proxy_port is None else opts.proxy_port
-        if opts.with_proxy:
-            check_bind(self.proxy_host, opts.insecure_allow_remote, "proxy host")
         self.lan_mode = opts.api and not is_loopback_bind(self.host)
         config_mod.ensure_state_dir(opts.config_path.parent)
         self.proxy_setting = ProxySetting.from_config(self.cfg.proxy, disabled=opts.no_proxy)
@@ -201,6 +218,22 @@ class Daemon:
         self.pool.restore_windows(saved_windows)
         self.refresher = Refresher(self.pool, self.client, self.cfg.github, self._persist)
         self.relay = Relay(self.pool, self.refresher, self.client)
+        # a broken key store stops the start: serving without the keys it holds
+        # would shut out (or, on loopback, mislabel) every client
+        self.keys = KeyStore(config_mod.state_dir(opts.config_path)).load()
+        self.metrics = Metrics(
+            pool=lambda: self.pool,
+            endpoints=[e.path for e in ENDPOINTS],
+            ledger_health=self._ledger_health,
+            ledger_depth=self._ledger_depth,
+        )
+        self.gate = Gate(
+            config=lambda: self.cfg,
+            keys=self.keys,
+            metrics=self.metrics,
+            api_host=self.host,
+            proxy_host=self.proxy_host,
+        )
         self.shutdown = trio.Event()
         self._windows_saved = self.pool.windows_version
         self._account_scopes: dict[int, trio.CancelScope] = {}
@@ -220,6 +253,7 @@ class Daemon:
             relay=self.relay,
             report=self._report,
             spawn=self._spawn,
+            gate=self.gate,
             loopback_only=is_loopback_bind(self.host),
             health_extra=self._health_extra,
         )
@@ -237,6 +271,7 @@ class Daemon:
             )
         async with self.client, trio.open_nursery() as root:
             await root.start(self._ledger.run)
+            await self._read_spending()
             try:
                 async with trio.open_nursery() as services:
                     self._services = services
@@ -297,6 +332,7 @@ class Daemon:
                     certstore=self._certstore,
                     connect_upstream=self._connect_upstream(),
                     help_text=self._proxy_help,
+                    authorize=self.gate.proxy_head,
                 )
             )
         except* OSError as eg:
@@ -375,6 +411,19 @@ class Daemon:
         if self._certstore is not None:
             _say(f"CA certificate: {self._certstore.cert_path}")
             _say(f"CA SHA-256 fingerprint: {self._certstore.fingerprint_sha256()}")
+        auth = self.cfg.server.auth
+        active = self.gate.active_keys()
+        if self.opts.insecure_allow_remote:
+            _say(
+                "note: --insecure-allow-remote is no longer needed and has no effect: a "
+                'non-loopback bind requires client keys unless [server] auth = "none"'
+            )
+        if url:
+            for line in bind_notes(self.host, auth, "API", active):
+                _say(line)
+        if proxy_url:
+            for line in bind_notes(self.proxy_host, auth, "proxy", active):
+                _say(line)
         if self.lan_mode:
             _say(
                 "LAN mode: clients bootstrap from /-/lan/bootstrap.json; verify the CA "
@@ -418,6 +467,8 @@ class Daemon:
         last = self._config_stat
         while True:
             await trio.sleep(1.0)
+            # a stat of keys.json; a small read when `tokn-router keys` changed it
+            self.gate.reload_keys()
             cur = self._stat()
             if cur != last:
                 last = cur
@@ -501,6 +552,44 @@ class Daemon:
     def _report(self, record: RequestRecord) -> None:
         if self._ledger is not None:
             self._ledger.submit(record)
+        self.gate.finished(record)
+
+    def _ledger_health(self) -> dict[str, Any]:
+        return self._ledger.health_dict() if self._ledger is not None else {}
+
+    def _ledger_depth(self) -> int:
+        return self._ledger.queue_depth() if self._ledger is not None else 0
+
+    async def _read_spending(self) -> None:
+        """Seed the client keys' budgets with the ledger's rows of the longest window."""
+        if self._ledger is None or not self._ledger.enabled:
+            if any(r.limits.has_budget() for r in self.keys.records()):
+                log.warning(
+                    "the usage ledger is disabled: client key budgets count only what this "
+                    "process serves and start from zero at each restart"
+                )
+            return
+        since = int(time.time()) - max(PERIOD_SECS.values())
+        path = self._ledger.path
+
+        def read() -> list[tuple[str, float, float | None, int]]:
+            try:
+                conn = open_readonly(path)
+            except NoDatabaseError:
+                return []
+            try:
+                return list(keyed_spend(conn, since))
+            finally:
+                conn.close()
+
+        try:
+            events = await trio.to_thread.run_sync(read)
+        except (UsageDbError, OSError, sqlite3.Error) as e:
+            log.error("client key budgets start from zero: cannot read the usage ledger: %s", e)
+            return
+        n = self.gate.seed(events)
+        if n:
+            log.info("client keys: %d request(s) of the last 30 days read from the ledger", n)
 
     def _health_extra(self) -> dict[str, Any]:
         # listeners: what `tokn-router status` shows (None until the banner ran)

@@ -30,6 +30,10 @@ class ServerConfig(_Base):
     shutdown_grace_secs: Annotated[float, msgspec.Meta(ge=0)] = 10.0
     # SSE comment sent while upstream is silent, so a client that went away is noticed
     sse_keepalive_secs: Annotated[float, msgspec.Meta(gt=0)] = 15.0
+    # Client keys (``tokn-router keys``): unset = required on a non-loopback bind and
+    # optional on loopback; "keys" requires them everywhere; "none" never looks at
+    # them (an open server: anyone who can connect spends the accounts).
+    auth: Literal["none", "keys"] | None = None
 
 
 class PoolConfig(_Base):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json as _json
 import math
+import sqlite3
 import sys
 import time
 from datetime import datetime
@@ -16,9 +17,10 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from cyclopts import App, Parameter
 
+from tokn_router.accounts import config
 from tokn_router.cli import _context
 from tokn_router.cli._app import app
-from tokn_router.errors import UsageError
+from tokn_router.errors import ToknError, UsageError
 
 if TYPE_CHECKING:
     # The key store and limits are imported by the keys commands only: loading them
@@ -183,9 +185,81 @@ def _iso(ts: int | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
-def record_json(rec: KeyRecord, now: float) -> dict[str, Any]:
+class Use:
+    """What the usage ledger says about the keys: last use and spending per key."""
+
+    def __init__(
+        self,
+        last_used: dict[str, int] | None = None,
+        events: dict[str, list[Any]] | None = None,
+        note: str | None = None,
+    ) -> None:
+        self.last_used = last_used or {}
+        self.events = events or {}
+        self.note = note  # why the ledger could not be read, if it could not
+
+    def used(self, rec: KeyRecord, now: float) -> dict[str, Any] | None:
+        """The spending of ``rec`` over its budget window, or None without a budget."""
+        from tokn_router.clients.limits import used  # lazy: start-up cost, see above
+
+        lim = rec.limits
+        if not lim.has_budget() or lim.budget_per is None:
+            return None
+        credits, tokens = used(self.events.get(rec.name, []), now, lim.budget_per)
+        return {
+            "per": lim.budget_per,
+            "credits": round(credits, 4),
+            "tokens": tokens,
+            "budget_credits": lim.budget_credits,
+            "budget_tokens": lim.budget_tokens,
+        }
+
+
+def read_use(now: float) -> Use:
+    """Last use and budget-window spending of every key, from the usage ledger."""
+    # lazy: start-up cost, see above (usage pulls in trio)
+    from tokn_router.clients.ledger import keyed_spend, last_used
+    from tokn_router.clients.limits import PERIOD_SECS, UsageEvent
+    from tokn_router.usage.schema import NoDatabaseError, open_readonly
+
+    path = _context.config_path()
+    try:
+        cfg = config.load(path)
+        conn = open_readonly(config.usage_db_path(cfg, path))
+    except NoDatabaseError:
+        return Use()
+    except ToknError as e:
+        return Use(note=f"use not shown: {e}")
+    try:
+        events: dict[str, list[Any]] = {}
+        since = int(now) - max(PERIOD_SECS.values())
+        for name, ts, credits, tokens in keyed_spend(conn, since):
+            events.setdefault(name, []).append(UsageEvent(ts, credits, tokens))
+        return Use(last_used(conn), events)
+    except sqlite3.Error as e:
+        return Use(note=f"use not shown: cannot read the usage ledger: {e}")
+    finally:
+        conn.close()
+
+
+def _use_text(use: dict[str, Any] | None) -> str:
+    if use is None:
+        return "-"
+    parts = []
+    if use["budget_credits"] is not None:
+        parts.append(f"{use['credits']:g}/{use['budget_credits']:g} credits")
+    if use["budget_tokens"] is not None:
+        parts.append(f"{use['tokens']:,}/{use['budget_tokens']:,} tokens")
+    return ", ".join(parts) + f" per {use['per']}"
+
+
+def record_json(rec: KeyRecord, now: float, use: Use | None = None) -> dict[str, Any]:
     """One key as ``keys list --json`` prints it (no key, no hash)."""
     lim = rec.limits
+    use = use or Use()
+    last = use.last_used.get(rec.name, rec.last_used)
+    if last is not None and last < rec.created:
+        last = None  # the rows of an earlier key of the same name
     return {
         "name": rec.name,
         "prefix": rec.prefix,
@@ -193,8 +267,8 @@ def record_json(rec: KeyRecord, now: float) -> dict[str, Any]:
         "created": _iso(rec.created),
         "created_ts": rec.created,
         "rotated": _iso(rec.rotated),
-        "last_used": _iso(rec.last_used),
-        "last_used_ts": rec.last_used,
+        "last_used": _iso(last),
+        "last_used_ts": last,
         "expires": _iso(rec.expires),
         "expires_ts": rec.expires,
         "revoked": _iso(rec.revoked),
@@ -206,6 +280,7 @@ def record_json(rec: KeyRecord, now: float) -> dict[str, Any]:
             "rpm": lim.rpm,
             "max_streams": lim.max_streams,
         },
+        "use": use.used(rec, now),
     }
 
 
@@ -218,13 +293,16 @@ def _table(rows: list[list[str]]) -> str:
 
 @keys_app.command(name="list")
 def list_keys(*, as_json: Annotated[bool, Parameter(name="--json", negative=())] = False) -> None:
-    """List keys: name, prefix, status, created, last used, expiry and limits.
+    """List keys: name, prefix, status, created, last used, expiry, limits and use of the budget.
 
     --json prints one object, stable while its "format" is 1: format and keys,
     each with name, prefix, status (active, expired or revoked), created,
     rotated, last_used, expires, revoked (ISO 8601 UTC or null), created_ts,
-    last_used_ts, expires_ts (unix seconds or null) and limits (models,
-    budget_credits, budget_tokens, per, rpm, max_streams; null when unset).
+    last_used_ts, expires_ts (unix seconds or null), limits (models,
+    budget_credits, budget_tokens, per, rpm, max_streams; null when unset) and
+    use (null without a budget, else per, credits and tokens spent over the
+    sliding window, budget_credits and budget_tokens). Last use and spending
+    come from the usage ledger, as the daemon counts them.
 
     Parameters
     ----------
@@ -236,23 +314,29 @@ def list_keys(*, as_json: Annotated[bool, Parameter(name="--json", negative=())]
     now = time.time()
     store = _store().load(strict=False)
     recs = store.records()
+    use = read_use(now) if recs else Use()
+    if use.note:
+        print(f"note: {use.note}", file=sys.stderr)
     if as_json:
-        print(_json.dumps({"format": 1, "keys": [record_json(r, now) for r in recs]}, indent=2))
+        keys = [record_json(r, now, use) for r in recs]
+        print(_json.dumps({"format": 1, "keys": keys}, indent=2))
         return
     if not recs:
         print("No client keys. Create one with `tokn-router keys create NAME`.")
         return
-    rows = [["NAME", "PREFIX", "STATUS", "CREATED", "LAST USED", "EXPIRES", "LIMITS"]]
+    rows = [["NAME", "PREFIX", "STATUS", "CREATED", "LAST USED", "EXPIRES", "LIMITS", "USE"]]
     for r in recs:
+        j = record_json(r, now, use)
         rows.append(
             [
                 r.name,
                 r.prefix + "…",
                 r.status(now),
                 _when(r.created),
-                _when(r.last_used),
+                _when(j["last_used_ts"]),
                 _when(r.expires) if r.expires else "never",
                 summary(r.limits),
+                _use_text(j["use"]),
             ]
         )
     print(_table(rows))

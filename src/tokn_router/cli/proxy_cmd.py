@@ -119,7 +119,8 @@ async def start(
     Parameters
     ----------
     host
-        Address to listen on (default ``[proxy_mode] host``). Non-loopback needs --insecure-allow-remote.
+        Address to listen on (default ``[proxy_mode] host``). A non-loopback address
+        requires client keys (``tokn-router keys``) unless ``[server] auth = "none"``.
     port
         Port to listen on (default ``[proxy_mode] port``; 0 picks a free one).
     route_mode
@@ -127,18 +128,12 @@ async def start(
     no_proxy
         Ignore the ``[proxy]`` section (outbound proxy) for this run.
     insecure_allow_remote
-        Allow listening on a non-loopback address (anyone who reaches it uses your accounts).
+        No effect (kept for old command lines): a non-loopback bind requires client keys.
     """
-    from tokn_router.daemon import ServeOptions, check_bind
+    from tokn_router.daemon import ServeOptions
     from tokn_router.daemon import serve as run
 
     path = _context.config_path()
-    cfg = config.load(path)
-    check_bind(
-        host or cfg.proxy_mode.host,
-        insecure_allow_remote,
-        "--host" if host else "[proxy_mode] host",
-    )
     await run(
         ServeOptions(
             config_path=path,

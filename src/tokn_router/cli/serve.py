@@ -25,8 +25,9 @@ async def serve(
     Parameters
     ----------
     host
-        Address to listen on (default ``[server] host``). Non-loopback needs
-        --insecure-allow-remote; with --with-proxy the proxy listens there too (LAN mode).
+        Address to listen on (default ``[server] host``). A non-loopback address
+        requires client keys (``tokn-router keys``) unless ``[server] auth = "none"``;
+        with --with-proxy the proxy listens there too (LAN mode).
     port
         Port to listen on (default ``[server] port``; 0 picks a free one).
     with_proxy
@@ -38,7 +39,7 @@ async def serve(
     no_proxy
         Ignore the ``[proxy]`` section (outbound proxy) for this run.
     insecure_allow_remote
-        Allow listening on a non-loopback address.
+        No effect (kept for old command lines): a non-loopback bind requires client keys.
     """
     from tokn_router.daemon import ServeOptions
     from tokn_router.daemon import serve as run

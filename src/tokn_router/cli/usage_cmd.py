@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json as _json
 import sys
-from typing import Annotated
+from typing import Annotated, Literal
 
 from cyclopts import Parameter
 
@@ -18,6 +18,7 @@ def usage(
     *,
     since: Annotated[str | None, Parameter(metavar="WHEN")] = None,
     account: Annotated[str | None, Parameter(metavar="ID")] = None,
+    by: Literal["key", "account", "model"] | None = None,
     as_json: Annotated[bool, Parameter(name="--json", negative=())] = False,
 ) -> int:
     """Show the usage ledger: totals and a table per account and model.
@@ -34,7 +35,9 @@ def usage(
     account_id then model; each entry has account_id, which is null when no
     account served the request, and model). totals and every entry carry
     requests, errors, input_tokens, output_tokens, cached_tokens,
-    reasoning_tokens (integers) and p50_latency_ms (number or null).
+    reasoning_tokens (integers) and p50_latency_ms (number or null). With
+    --by, also "by" and "groups": one entry per name (key, account or model;
+    null for none) with name and the same numbers, sorted by name.
 
     Parameters
     ----------
@@ -44,6 +47,8 @@ def usage(
         it has an offset such as Z or +02:00). Default: all time.
     account
         Only requests served by this account id.
+    by
+        One line per client key, account or model instead of per account and model.
     as_json
         Print the report as JSON (format above) instead of text.
     """
@@ -69,10 +74,10 @@ def usage(
             "(`tokn-router serve` creates it)",
             file=sys.stderr,
         )
-        report = queries.empty_report(db_path, since_ts=since_ts, account=account)
+        report = queries.empty_report(db_path, since_ts=since_ts, account=account, by=by)
     else:
         try:
-            report = queries.query(conn, db_path, since_ts=since_ts, account=account)
+            report = queries.query(conn, db_path, since_ts=since_ts, account=account, by=by)
         finally:
             conn.close()
     if as_json:

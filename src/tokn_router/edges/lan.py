@@ -1,6 +1,6 @@
 """LAN bootstrap endpoints: ``/-/lan/...`` on a deliberate remote bind.
 
-``serve --host 0.0.0.0 --insecure-allow-remote [--with-proxy]`` publishes a
+``serve --host 0.0.0.0 [--with-proxy]`` publishes a
 :class:`LanInfo`; the routes answer only then (404 otherwise, like any unknown path),
 and only on the API listener (the MITM proxy's route mode never reaches them):
 

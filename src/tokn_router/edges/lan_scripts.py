@@ -4,8 +4,11 @@ Pure text generation from a :class:`LanURLs`: each script downloads the CA,
 checks its SHA-256 fingerprint (of the DER certificate, as the server prints it),
 stores it with a bundle merged with the system roots under
 ``~/.cache/tokn-router/lan/<server>/`` (a temp dir as fallback) and exports
-``OPENAI_BASE_URL``, the proxy variables and the CA variables. Every value is
-quoted for its shell; the routes in :mod:`tokn_router.edges.lan` only build a
+``OPENAI_BASE_URL``, the proxy variables and the CA variables. The client key
+is never served: a script takes it from the user's own ``TOKN_ROUTER_KEY`` and
+exports it as ``OPENAI_API_KEY`` and ``ANTHROPIC_API_KEY`` and as the password of
+the proxy URL (``http://default:KEY@server:port``; the user name ``default``
+leaves the route mode to the server). Every value is quoted for its shell; the routes in :mod:`tokn_router.edges.lan` only build a
 :class:`LanURLs` from a validated Host header.
 """
 
@@ -32,6 +35,13 @@ SYSTEM_BUNDLES = (
     "/opt/homebrew/etc/openssl@3/cert.pem",
 )
 _PROXY_KEYS = ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy", "NO_PROXY", "no_proxy")
+KEY_ENV = "TOKN_ROUTER_KEY"  # where the scripts find the user's client key
+KEY_EXPORTS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")
+_PROXY_URL_KEYS = ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy")
+_NO_KEY_NOTE = (
+    f"tokn-router: note: {KEY_ENV} is not set, so no client key was exported; "
+    "if this server requires keys, set it to yours and run this again"
+)
 _BUNDLE = "\0bundle"  # placeholders for paths only the client knows
 _CA = "\0ca"
 
@@ -79,6 +89,12 @@ class LanURLs:
     def cache_name(self) -> str:
         """A folder name for this server: ``192.168.1.5_4141``."""
         return re.sub(r"[^a-z0-9.-]", "_", self.api_url.removeprefix("http://").lower())
+
+    def keyed_proxy(self) -> tuple[str, str] | None:
+        """The proxy URL split around where the key goes: ``("http://default:", "@host:port")``."""
+        if self.proxy_url is None:
+            return None
+        return "http://default:", "@" + self.proxy_url.removeprefix("http://")
 
     def exports(self) -> list[tuple[str, str]]:
         """``(name, value)`` to set; values may be the ``_BUNDLE``/``_CA`` placeholders."""
@@ -192,6 +208,13 @@ def _sh_script(shell: str, u: LanURLs) -> str:
             lines.append(f'  export {name}="$_trl_dir/ca.crt"')
         else:
             lines.append(f"  export {name}={q(value)}")
+    lines.append(f'  if [ -n "${{{KEY_ENV}:-}}" ]; then')
+    for name in KEY_EXPORTS:
+        lines.append(f'    export {name}="${KEY_ENV}"')
+    if (split := u.keyed_proxy()) is not None:
+        for name in _PROXY_URL_KEYS:
+            lines.append(f'    export {name}={q(split[0])}"${KEY_ENV}"{q(split[1])}')
+    lines += ["  else", f"    echo {q(_NO_KEY_NOTE)} >&2", "  fi"]
     lines += [
         '  echo "tokn-router: CA $(_tokn_router_colons "$_trl_got") verified and saved in '
         '$_trl_dir; compare it with the fingerprint the server printed at start-up" >&2',
@@ -292,6 +315,13 @@ def _fish_script(u: LanURLs) -> str:
             lines.append(f'    set -gx {name} "$dir/ca.crt"')
         else:
             lines.append(f"    set -gx {name} {q(value)}")
+    lines.append(f'    if test -n "${KEY_ENV}"')
+    for name in KEY_EXPORTS:
+        lines.append(f'        set -gx {name} "${KEY_ENV}"')
+    if (split := u.keyed_proxy()) is not None:
+        for name in _PROXY_URL_KEYS:
+            lines.append(f'        set -gx {name} {q(split[0])}"${KEY_ENV}"{q(split[1])}')
+    lines += ["    else", f"        echo {q(_NO_KEY_NOTE)} >&2", "    end"]
     lines += [
         '    echo "tokn-router: CA SHA-256 $got verified and saved in $dir; compare it with '
         'the fingerprint the server printed at start-up" >&2',
@@ -369,6 +399,13 @@ def _pwsh_script(u: LanURLs) -> str:
             lines.append(f"    $env:{name} = $ca")
         else:
             lines.append(f"    $env:{name} = {q(value)}")
+    lines.append(f"    if ($env:{KEY_ENV}) {{")
+    for name in KEY_EXPORTS:
+        lines.append(f"        $env:{name} = $env:{KEY_ENV}")
+    if (split := u.keyed_proxy()) is not None:
+        for name in _PROXY_URL_KEYS:
+            lines.append(f"        $env:{name} = {q(split[0])} + $env:{KEY_ENV} + {q(split[1])}")
+    lines += ["    } else {", f"        [Console]::Error.WriteLine({q(_NO_KEY_NOTE)})", "    }"]
     lines += [
         '    [Console]::Error.WriteLine("tokn-router: CA SHA-256 $got verified and saved in $dir; '
         'compare it with the fingerprint the server printed at start-up")',

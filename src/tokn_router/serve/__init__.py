@@ -1,6 +1,7 @@
 """The request path both front ends share: a :class:`~tokn_router.serve.call.Call`
 in, route, account, upstream, transform, an :class:`~tokn_router.serve.call.Answer`
-out, and the ledger row on the side.
+out, and the ledger row on the side. The client-key gate (``gate``) and the
+Prometheus numbers (``metrics``) sit on the same path.
 """
 
 __all__ = [
@@ -9,6 +10,8 @@ __all__ = [
     "chat",
     "common",
     "forward",
+    "gate",
+    "metrics",
     "policy",
     "pump",
     "relay",

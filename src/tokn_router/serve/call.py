@@ -65,6 +65,9 @@ class Call:
     source: Source = "api"
     route_mode: str = "route"  # the proxy decided it already; the API reads X-Route-Mode
     client: tuple[str, int] | None = None
+    # the name of the client key it came with, once the gate has verified it
+    # (tokn_router.serve.gate); None = anonymous
+    client_key: str | None = None
 
     async def read_body(self, limit: int) -> bytes:
         """The whole body; RequestError(413) past ``limit`` bytes."""

@@ -22,6 +22,7 @@ from tokn_router.accounts.config import Config
 from tokn_router.accounts.pool import Pool
 from tokn_router.errors import RequestError, TranslationError
 from tokn_router.serve.call import JSON, Answer, Call, json_answer, sse_answer
+from tokn_router.serve.gate import Gate
 from tokn_router.serve.pump import Spawn, relay_stream
 from tokn_router.serve.relay import Opened, Relay, Route
 from tokn_router.serve.sticky import session_key
@@ -48,12 +49,15 @@ class Services:
     relay: Relay
     report: Report  # hands a finished row to the ledger
     spawn: Spawn  # starts a per-request helper task in the daemon's nursery
+    gate: Gate | None = None  # client keys and their limits; None = no checks (unit tests)
 
     def keepalive(self) -> float:
         return self.config().server.sse_keepalive_secs
 
     def new_log(self, call: Call, endpoint: str) -> RequestLog:
-        return RequestLog(endpoint=endpoint, source=call.source, route_mode=call.route_mode)
+        return RequestLog(
+            endpoint=endpoint, source=call.source, route_mode=call.route_mode, key=call.client_key
+        )
 
     def finish(
         self, rlog: RequestLog, *, status: int | None = None, error: str | None = None

@@ -27,6 +27,7 @@ class RequestLog:
     endpoint: str
     source: Source = "api"
     route_mode: str = "route"
+    key: str | None = None  # the client key's name; None for an anonymous request
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     started: float = field(default_factory=time.monotonic)
     started_at_ms: int = field(default_factory=lambda: int(time.time() * 1000))
@@ -60,6 +61,7 @@ class RequestLog:
             stream=self.stream,
             route_mode=self.route_mode,
             source=self.source,
+            key=self.key,
             status=self.status,
             error=self.error,
             input_tokens=u.input if u else None,

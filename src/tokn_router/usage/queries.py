@@ -21,6 +21,11 @@ cached / reasoning tokens (unknown counts add nothing) and the p50 latency
       ]
     }
 
+With ``--by key|account|model`` the object also has ``"by"`` (that word) and
+``"groups"``: one entry per key name, account id or model, sorted by it, each
+``{"name": ..., STATS...}`` (``name`` is null for requests without a key or
+account). The key is the client key's name recorded in ``params_json``.
+
 where STATS is ``"requests", "errors", "input_tokens", "output_tokens",
 "cached_tokens", "reasoning_tokens"`` (integers) and ``"p50_latency_ms"``
 (a number, or null when no request has a latency). ``account_id`` is null
@@ -107,6 +112,16 @@ class Report:
     account: str | None
     totals: Stats
     groups: list[Group]
+    by: str | None = None  # --by: "key", "account" or "model"
+    by_groups: list[tuple[str | None, Stats]] = dataclasses.field(default_factory=list)
+
+
+# --by: the SQL that names each group
+BY_SQL = {
+    "key": "CASE WHEN json_valid(params_json) THEN json_extract(params_json, '$.key') END",
+    "account": "account_id",
+    "model": "model",
+}
 
 
 _ERROR_SQL = "(request_error IS NOT NULL OR status = 0 OR status >= 400)"
@@ -133,6 +148,7 @@ def query(
     *,
     since_ts: int | None = None,
     account: str | None = None,
+    by: str | None = None,
 ) -> Report:
     """Build the report from an open ledger (see :func:`schema.open_readonly`)."""
     where: list[str] = []
@@ -165,6 +181,7 @@ def query(
         ):
             latencies.setdefault((account_id, model), []).append(latency)
             all_latencies.append(latency)
+        by_groups = _by_groups(conn, BY_SQL[by], where_sql, params) if by else []
     totals = Stats()
     for key, stats in groups.items():
         stats.p50_latency_ms = p50(latencies.get(key, []))
@@ -182,11 +199,40 @@ def query(
         account=account,
         totals=totals,
         groups=[Group(a, m, s) for (a, m), s in groups.items()],
+        by=by,
+        by_groups=by_groups,
     )
 
 
-def empty_report(database: Path, *, since_ts: int | None, account: str | None) -> Report:
-    return Report(database, False, since_ts, account, Stats(), [])
+def _by_groups(
+    conn: sqlite3.Connection, name_sql: str, where_sql: str, params: list[Any]
+) -> list[tuple[str | None, Stats]]:
+    """STATS per value of ``name_sql`` (inside the caller's read transaction)."""
+    out: dict[str | None, Stats] = {}
+    for row in conn.execute(
+        f"SELECT g, COUNT(*), SUM(CASE WHEN {_ERROR_SQL} THEN 1 ELSE 0 END), "
+        f"{_usage('input')}, {_usage('output')}, {_usage('cache_read')}, {_usage('reasoning')} "
+        f"FROM (SELECT {name_sql} AS g, * FROM requests {where_sql}) GROUP BY g ORDER BY g",
+        params,
+    ):
+        out[row[0]] = Stats(*(int(v) for v in row[1:7]))
+    lat: dict[str | None, list[float]] = {}
+    for g, latency in conn.execute(
+        f"SELECT g, lat FROM (SELECT {name_sql} AS g, CASE WHEN json_valid(ctx_json) "
+        f"THEN json_extract(ctx_json, '$.latency_ms') END AS lat FROM requests {where_sql}) "
+        "WHERE lat IS NOT NULL ORDER BY lat",
+        params,
+    ):
+        lat.setdefault(g, []).append(latency)
+    for g, stats in out.items():
+        stats.p50_latency_ms = p50(lat.get(g, []))
+    return list(out.items())
+
+
+def empty_report(
+    database: Path, *, since_ts: int | None, account: str | None, by: str | None = None
+) -> Report:
+    return Report(database, False, since_ts, account, Stats(), [], by=by)
 
 
 def report_json(report: Report) -> dict[str, Any]:
@@ -196,7 +242,7 @@ def report_json(report: Report) -> dict[str, Any]:
         if report.since_ts is not None
         else None
     )
-    return {
+    out: dict[str, Any] = {
         "format": JSON_FORMAT,
         "database": str(report.database),
         "database_exists": report.database_exists,
@@ -209,6 +255,10 @@ def report_json(report: Report) -> dict[str, Any]:
             for g in report.groups
         ],
     }
+    if report.by is not None:
+        out["by"] = report.by
+        out["groups"] = [{"name": n, **s.as_dict()} for n, s in report.by_groups]
+    return out
 
 
 def _n(value: int) -> str:
@@ -247,24 +297,32 @@ def format_text(report: Report, *, since_label: str | None = None) -> str:
     if not report.groups:
         lines.append("No requests recorded in this period.")
         return "\n".join(lines)
-    header = ("ACCOUNT", "MODEL", "REQUESTS", "ERRORS", "INPUT", "OUTPUT", "P50 LATENCY")
+    names: tuple[str, ...] = ("ACCOUNT", "MODEL")
+    keyed: list[tuple[tuple[str, ...], Stats]] = [
+        ((g.account_id if g.account_id is not None else "-", g.model), g.stats)
+        for g in report.groups
+    ]
+    if report.by is not None:
+        names = (report.by.upper(),)
+        keyed = [((n if n is not None else "-",), s) for n, s in report.by_groups]
+    header = (*names, "REQUESTS", "ERRORS", "INPUT", "OUTPUT", "P50 LATENCY")
     table = [header] + [
         (
-            g.account_id if g.account_id is not None else "-",
-            g.model,
-            _n(g.stats.requests),
-            _n(g.stats.errors),
-            _n(g.stats.input_tokens),
-            _n(g.stats.output_tokens),
-            _ms(g.stats.p50_latency_ms),
+            *label,
+            _n(st.requests),
+            _n(st.errors),
+            _n(st.input_tokens),
+            _n(st.output_tokens),
+            _ms(st.p50_latency_ms),
         )
-        for g in report.groups
+        for label, st in keyed
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines.append("")
     for row in table:
         cells = [
-            cell.ljust(widths[i]) if i < 2 else cell.rjust(widths[i]) for i, cell in enumerate(row)
+            cell.ljust(widths[i]) if i < len(names) else cell.rjust(widths[i])
+            for i, cell in enumerate(row)
         ]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)

@@ -47,6 +47,7 @@ class RequestRecord(msgspec.Struct, kw_only=True):
     stream: bool = False
     route_mode: str = "route"
     source: Source = "api"
+    key: str | None = None  # the client key's name (params_json "key"); None = anonymous
     status: int = 0  # HTTP status sent to the client; 0 if none was sent
     error: str | None = None
     input_tokens: int | None = None
@@ -112,12 +113,14 @@ def _json(value: Any) -> str:
 
 def to_row(r: RequestRecord, ver: str = __version__) -> Row:
     """The ``requests`` row of a record (JSON shapes as documented in v0.2.0.sql)."""
-    params = {
+    params: dict[str, Any] = {
         "initiator": r.initiator,
         "stream": r.stream,
         "route_mode": r.route_mode,
         "source": r.source,
     }
+    if r.key is not None:
+        params["key"] = r.key  # only when known: anonymous rows keep their shape
     usage: dict[str, int | None] = {
         "input": r.input_tokens,
         "output": r.output_tokens,

@@ -362,6 +362,10 @@ class Ledger:
             return True
         return submit(self._send, record, self.health)
 
+    def queue_depth(self) -> int:
+        """Rows submitted and not yet taken by the writer (for ``/metrics``)."""
+        return self._send.statistics().current_buffer_used
+
     def health_dict(self) -> dict[str, Any]:
         """``health.as_dict()``: the ``usage`` block of ``/healthz``."""
         return self.health.as_dict()

@@ -136,6 +136,8 @@ class ProxyRequest:
     port: int  # 0 for ORIGIN
     path: str  # origin-form path + query for FORWARD/ORIGIN; "" for CONNECT
     username: str | None  # from Proxy-Authorization: Basic
+    # the raw Proxy-Authorization value: it may carry a client key (tokn_router.clients)
+    proxy_authorization: str | None = None
 
 
 def parse_authority(authority: str, default_port: int | None = None) -> tuple[str, int]:
@@ -157,9 +159,9 @@ def parse_authority(authority: str, default_port: int | None = None) -> tuple[st
 def proxy_username(headers: Headers) -> str | None:
     """The user name of ``Proxy-Authorization: Basic``; None without one.
 
-    The proxy does not authenticate (it is a local tool); the user name is a route
-    mode selector, the password is ignored. A malformed Basic header is a client bug
-    worth a 400 rather than a silently ignored mode.
+    The user name is a route mode selector; the password may hold a client key
+    (:mod:`tokn_router.clients.extract` reads it). A malformed Basic header is a
+    client bug worth a 400 rather than a silently ignored mode.
     """
     value = next((v for k, v in headers if k == "proxy-authorization"), None)
     if value is None:
@@ -192,12 +194,13 @@ def origin_path(target: str) -> str:
 def classify(head: RequestHead) -> ProxyRequest:
     """What the first request on a proxy connection asks for."""
     username = proxy_username(head.headers)
+    auth = next((v for k, v in head.headers if k == "proxy-authorization"), None)
     target = head.target
     if head.method == "CONNECT":
         host, port = parse_authority(target)
-        return ProxyRequest(RequestKind.CONNECT, host, port, "", username)
+        return ProxyRequest(RequestKind.CONNECT, host, port, "", username, auth)
     if target.startswith("/") or target == "*":
-        return ProxyRequest(RequestKind.ORIGIN, "", 0, target, username)
+        return ProxyRequest(RequestKind.ORIGIN, "", 0, target, username, auth)
     scheme, sep, rest = target.partition("://")
     if not sep:
         raise ProxyProtocolError(f"unsupported request target {target!r}")
@@ -214,7 +217,7 @@ def classify(head: RequestHead) -> ProxyRequest:
     host, port = parse_authority(authority, default_port=80)
     if not path.startswith("/"):
         path = "/" + path
-    return ProxyRequest(RequestKind.FORWARD, host, port, path, username)
+    return ProxyRequest(RequestKind.FORWARD, host, port, path, username, auth)
 
 
 # ------------------------------------------------------------------- connection

@@ -50,6 +50,7 @@ from tokn_router.wire.http1 import (
 )
 
 __all__ = [
+    "Authorize",
     "ConnectUpstream",
     "Handler",
     "Intercept",
@@ -65,6 +66,9 @@ log = logging.getLogger("tokn_router.proxy")
 Intercept = Callable[[str, int], bool]
 ConnectUpstream = Callable[[str, int], Awaitable[trio.abc.Stream]]
 Handler = Callable[["ProxyRequestContext"], Awaitable[None]]
+# Checks the credentials of a CONNECT or absolute-form request: None to go on, or the
+# (status, headers, body) to answer before closing (a 407 when a client key is missing).
+Authorize = Callable[[Headers], tuple[int, list[tuple[str, str]], bytes] | None]
 
 RECEIVE_SIZE = 64 * 1024
 # An unread request body is drained (discarded) up to this size to keep the connection
@@ -224,6 +228,9 @@ class ProxyRequestContext:
         self.http_version = head.http_version
         self.proxy_username = username
         """User name of the proxy's Basic credentials (route-mode selector), or None."""
+        self.proxy_authorization: str | None = None
+        """The ``Proxy-Authorization`` the client sent to the proxy (on its CONNECT for a
+        request inside a tunnel); it may carry a client key."""
         self.absolute_form = absolute_form
         """True for a plain ``http://`` absolute-form request (no CONNECT)."""
         self.client = client
@@ -473,7 +480,9 @@ class _Proxy:
         head_timeout: float,
         idle_timeout: float,
         connect_timeout: float,
+        authorize: Authorize | None = None,
     ) -> None:
+        self.authorize = authorize
         self.intercept = intercept
         self.handler = handler
         self.certstore = certstore
@@ -508,6 +517,21 @@ class _Proxy:
             except ProxyProtocolError as e:
                 await reader.send_error(e.status, f"bad request: {e}")
                 raise
+            if req.kind is not RequestKind.ORIGIN and self.authorize is not None:
+                refusal = self.authorize(head.headers)
+                if refusal is not None:
+                    status, headers, body = refusal
+                    headers = [
+                        *headers,
+                        ("Content-Length", str(len(body))),
+                        ("Connection", "close"),
+                    ]
+                    await reader.stream.send_all(
+                        reader.conn.response(status, headers)
+                        + reader.conn.body(body)
+                        + reader.conn.end()
+                    )
+                    return
             if req.kind is RequestKind.CONNECT:
                 # Consume the (empty) body so h11 sees a complete request before the
                 # 200 switches the connection to raw bytes.
@@ -531,6 +555,7 @@ class _Proxy:
                     True,
                     peer,
                 )
+                ctx.proxy_authorization = req.proxy_authorization
                 handler = self.handler if self.intercept(req.host, req.port) else self._forward
                 if not await self._dispatch(ctx, handler):
                     return
@@ -704,6 +729,7 @@ class _Proxy:
             ctx = self._context(
                 stream, reader, head, req.host, req.port, scheme, path, req.username, False, peer
             )
+            ctx.proxy_authorization = req.proxy_authorization
             if not await self._dispatch(ctx, self.handler):
                 return
             if not await reader.finish_cycle(self.idle_timeout):
@@ -762,12 +788,14 @@ async def serve_proxy(
     head_timeout: float = 30.0,
     idle_timeout: float = 300.0,
     connect_timeout: float = 30.0,
+    authorize: Authorize | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the proxy listener until cancelled; ``task_status.started(bound_port)``.
 
-    ``head_timeout`` bounds how long a new connection (or a new TLS handshake) may stay
-    silent; ``idle_timeout`` bounds keep-alive idleness and each wait for request-body
+    ``authorize`` sees the headers of every ``CONNECT`` and absolute-form request
+    before it is served (the client-key check). ``head_timeout`` bounds how long a
+    new connection (or a new TLS handshake) may stay silent; ``idle_timeout`` bounds keep-alive idleness and each wait for request-body
     or upstream bytes; ``connect_timeout`` bounds ``connect_upstream``.
     """
     # Create or load the CA before binding, off the event loop: a corrupt ca.key is a
@@ -782,6 +810,7 @@ async def serve_proxy(
         head_timeout=head_timeout,
         idle_timeout=idle_timeout,
         connect_timeout=connect_timeout,
+        authorize=authorize,
     )
     async with trio.open_nursery() as nursery:
         # An explicit host: with host=None serve_tcp binds IPv4 and IPv6 separately.

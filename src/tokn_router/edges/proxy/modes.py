@@ -12,7 +12,15 @@
 
 The mode comes from, in order: the ``X-Route-Mode`` header, the proxy user
 name (``http://passthrough@127.0.0.1:4142``), ``[proxy_mode.provider_modes]``
-for the host's provider, then the listener's default.
+for the host's provider, then the listener's default. The user name ``default``
+(and a client key given as the user name) selects no mode, so a proxy URL can
+carry a client key in its password without overriding the server's choice:
+``http://default:tkr_…@server:4142``.
+
+Every intercepted request passes the client-key gate (:mod:`tokn_router.serve.gate`)
+with the credentials of its CONNECT: route mode in the endpoint table's
+:func:`~tokn_router.serve.routes.serve_endpoint`, switch mode here (it spends a
+pooled account); passthrough is only attributed, as it spends the client's own.
 """
 
 from __future__ import annotations
@@ -24,15 +32,18 @@ from collections.abc import Callable
 import trio
 
 from tokn_router.accounts.config import ProxyModeConfig
+from tokn_router.clients.extract import KEY_PREFIX
 from tokn_router.edges.proxy.listener import ProxyRequestContext
 from tokn_router.serve.call import Answer, Call, Headers
 from tokn_router.serve.common import Services
 from tokn_router.serve.forward import CLIENT_CREDENTIALS, forward, pick_account, refuse
-from tokn_router.serve.routes import find_endpoint, serve_endpoint
+from tokn_router.serve.gate import Ticket
+from tokn_router.serve.routes import Endpoint, find_endpoint, serve_endpoint
 
 log = logging.getLogger("tokn_router.proxy")
 
 ROUTE_MODES = ("route", "passthrough", "switch")
+NO_MODE_USERNAMES = ("default",)  # a proxy user name that leaves the mode to the server
 
 BUILTIN_INTERCEPT = (
     "api.openai.com",
@@ -134,7 +145,10 @@ class ProxyModes:
         self.idle.set()
 
     def mode_for(self, ctx: ProxyRequestContext) -> str:
-        override = ctx.header("x-route-mode") or ctx.proxy_username
+        username = ctx.proxy_username
+        if username in NO_MODE_USERNAMES or (username or "").startswith(KEY_PREFIX):
+            username = None
+        override = ctx.header("x-route-mode") or username
         if override:
             return override.strip().lower()
         key = provider_key(ctx.host)
@@ -155,20 +169,55 @@ class ProxyModes:
 
     async def _answer(self, ctx: ProxyRequestContext) -> Answer:
         mode = self.mode_for(ctx)
-        if mode not in ROUTE_MODES:
-            message = f"unknown route mode '{mode}' (route, passthrough, switch)"
-            return refuse(self.svc, _call(ctx, mode), mode, provider_key(ctx.host), message)
+        endpoint: Endpoint | None = None
         if mode == "route":
             target = api_path(ctx.method, ctx.path)
             endpoint = find_endpoint(ctx.method, target) if target else None
+        client_key: str | None = None
+        gate = self.svc.gate
+        if gate is not None:
+            # again for each request: a key revoked while its tunnel is open stops here
+            who = gate.proxy_identity(
+                ctx.proxy_authorization,
+                endpoint.path if endpoint else None,
+                endpoint.shape if endpoint else "openai",
+            )
+            if isinstance(who, Answer):
+                return who
+            client_key = who
+        if mode not in ROUTE_MODES:
+            message = f"unknown route mode '{mode}' (route, passthrough, switch)"
+            call = _call(ctx, mode, client_key=client_key)
+            return refuse(self.svc, call, mode, provider_key(ctx.host), message)
+        if mode == "route":
             if endpoint is not None:
                 # the pool answers with its own credentials: the client's are dropped
-                call = _call(ctx, mode, drop=CLIENT_CREDENTIALS)
+                call = _call(ctx, mode, drop=CLIENT_CREDENTIALS, client_key=client_key)
                 return await serve_endpoint(self.svc, endpoint, call)
-            return await self._forward(ctx, mode, switch=False)
-        return await self._forward(ctx, mode, switch=mode == "switch")
+            return await self._forward(ctx, mode, client_key, switch=False)
+        return await self._forward(ctx, mode, client_key, switch=mode == "switch")
 
-    async def _forward(self, ctx: ProxyRequestContext, mode: str, *, switch: bool) -> Answer:
+    async def _forward(
+        self, ctx: ProxyRequestContext, mode: str, client_key: str | None, *, switch: bool
+    ) -> Answer:
+        call = _call(ctx, mode, client_key=client_key)
+        gate = self.svc.gate
+        if not switch or gate is None:
+            return await self._forward_call(ctx, call, mode, switch=switch)
+        # switch mode spends a pooled account: the key's limits apply as on the API
+        admitted = await gate.admit(call, endpoint=ctx.path.split("?", 1)[0], shape="openai")
+        if not isinstance(admitted, Ticket):
+            return admitted
+        try:
+            answer = await self._forward_call(ctx, call, mode, switch=True)
+        except BaseException:
+            admitted.release()
+            raise
+        return admitted.attach(answer)
+
+    async def _forward_call(
+        self, ctx: ProxyRequestContext, call: Call, mode: str, *, switch: bool
+    ) -> Answer:
         key = provider_key(ctx.host)
         account = None
         if switch:
@@ -177,10 +226,10 @@ class ProxyModes:
                 message = f"switch mode: no pooled account for {ctx.host}" + (
                     f" (provider '{key}')" if key else " (host maps to no provider)"
                 )
-                return refuse(self.svc, _call(ctx, mode), mode, key, message)
+                return refuse(self.svc, call, mode, key, message)
         return await forward(
             self.svc,
-            _call(ctx, mode),
+            call,
             url=ctx.url,
             authority=ctx.authority,
             mode=mode,
@@ -189,7 +238,13 @@ class ProxyModes:
         )
 
 
-def _call(ctx: ProxyRequestContext, mode: str, *, drop: frozenset[str] = frozenset()) -> Call:
+def _call(
+    ctx: ProxyRequestContext,
+    mode: str,
+    *,
+    drop: frozenset[str] = frozenset(),
+    client_key: str | None = None,
+) -> Call:
     path, _, query = ctx.path.partition("?")
     return Call(
         method=ctx.method,
@@ -200,6 +255,7 @@ def _call(ctx: ProxyRequestContext, mode: str, *, drop: frozenset[str] = frozens
         source="proxy",
         route_mode=mode,
         client=ctx.client,
+        client_key=client_key,
     )
 
 
