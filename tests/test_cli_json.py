@@ -83,8 +83,8 @@ def test_headers_json(fake: FakeUpstream, run_cli: Any, write_config: Any) -> No
     data = as_json(r)
     assert data["format"] == 1 and data["account"] == "alice" and data["enabled"] is True
     assert data["provider"] == "github-copilot" and data["base_url"]
-    assert data["headers"]["Authorization"] == "Bearer tid=fa…(redacted)"
-    assert data["headers"]["User-Agent"] == "MyAgent/1.0"
+    assert data["headers"]["Authorization"] == {"value": "Bearer tid=fa…(redacted)", "source": None}
+    assert data["headers"]["User-Agent"] == {"value": "MyAgent/1.0", "source": "account"}
     no_secrets(r.stdout, token, GHO)
 
 

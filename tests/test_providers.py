@@ -157,6 +157,8 @@ def test_has_image(messages: Any, expected: bool) -> None:
 
 def test_build_headers_defaults() -> None:
     h = build_headers(AccountSettings(), "tid=abc", RequestInfo(request_id="r-1"))
+    interaction = h.pop("X-Interaction-Id")  # derived from the request id: a UUID
+    assert len(interaction) == 36 and interaction.count("-") == 4
     assert h == {
         "Authorization": "Bearer tid=abc",
         "Editor-Version": identity.EDITOR_VERSION,
@@ -165,6 +167,8 @@ def test_build_headers_defaults() -> None:
         "Copilot-Integration-Id": identity.COPILOT_INTEGRATION_ID,
         "OpenAI-Intent": identity.OPENAI_INTENT,
         "X-GitHub-Api-Version": identity.GITHUB_API_VERSION,
+        "X-VSCode-User-Agent-Library-Version": identity.USER_AGENT_LIBRARY,
+        "X-Interaction-Type": identity.OPENAI_INTENT,
         "X-Request-Id": "r-1",
         "X-Initiator": "user",
     }
@@ -221,7 +225,7 @@ def test_identity_headers_and_provider_headers_agree() -> None:
     acc = Account(id="a", settings=AccountSettings(editor_plugin_version="copilot-chat/1.0"))
     p = PROVIDERS["github-copilot"]
     info = RequestInfo(request_id="x", initiator="agent", vision=True)
-    assert p.headers(acc, "t", info) == build_headers(acc.settings, "t", info)
+    assert p.headers(acc, "t", info) == build_headers(acc.settings, "t", info, account_id="a")
     assert identity_headers(acc.settings)["Editor-Plugin-Version"] == "copilot-chat/1.0"
     mh = p.model_headers(acc, "t")
     assert mh["OpenAI-Intent"] == "model-access" and mh["Authorization"] == "Bearer t"

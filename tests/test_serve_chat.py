@@ -28,12 +28,13 @@ def test_sdk_non_stream_and_identity_headers(fake: FakeUpstream, write_config, d
     assert resp.usage is not None and sent is not None
     assert resp.usage.prompt_tokens == sent["prompt_tokens"]
     # the editor identity headers, defaults tracking a recent VS Code release
-    assert rec.header("editor-version") == "vscode/1.104.3"
-    assert rec.header("editor-plugin-version") == "copilot-chat/0.38.2"
-    assert rec.header("user-agent") == "GitHubCopilotChat/0.38.2"
+    # (the packaged set, tokn_router/data/identity.toml)
+    assert rec.header("editor-version") == "vscode/1.140.0"
+    assert rec.header("editor-plugin-version") == "copilot-chat/0.68.0"
+    assert rec.header("user-agent") == "GitHubCopilotChat/0.68.0"
     assert rec.header("copilot-integration-id") == "vscode-chat"
     assert rec.header("openai-intent") == "conversation-panel"
-    assert rec.header("x-github-api-version") == "2025-10-01"
+    assert rec.header("x-github-api-version") == "2026-08-01"
     assert rec.header("x-initiator") == "user"
     assert rec.header("x-request-id")
     assert rec.header("copilot-vision-request") is None

@@ -148,6 +148,14 @@ def test_query_totals_groups_filters(tmp_path: Path) -> None:
         "cached_tokens": 40,
         "reasoning_tokens": 3,
         "p50_latency_ms": 100.0,  # [50, 100, 100, 100, 200, 300, 900]
+        # no row carries a measured cost: every Copilot row with tokens is estimated
+        # at list price (gpt-4.1: 2 / 0.5 cached / 8, claude-sonnet-4.5: 3 / 15 USD
+        # per 1M), 1 credit = $0.01; row 6 has no provider, so no estimate
+        "credits": 0.0,
+        "credits_estimated": round(0.022 + 0.028 * 3 + 0.375 + 0.0014 + 1.4, 6),
+        "credits_measured_requests": 0,
+        "credits_estimated_requests": 7,
+        "credits_unpriced_requests": 0,
     }
     keys = [(g["account_id"], g["model"]) for g in everything["by_account_model"]]
     assert keys == [
@@ -163,6 +171,21 @@ def test_query_totals_groups_filters(tmp_path: Path) -> None:
     assert work["totals"]["requests"] == 2 and work["totals"]["errors"] == 1
     assert work["account"] == "work"
     assert {g["account_id"] for g in work["by_account_model"]} == {"work"}
+    # the same sums per account and per model
+    assert [(a["account_id"], a["requests"]) for a in everything["by_account"]] == [
+        (None, 1),
+        ("personal", 5),
+        ("work", 2),
+    ]
+    assert everything["by_account"][1]["credits_estimated"] == round(
+        0.022 + 0.028 * 2 + 0.375 + 1.4, 6
+    )
+    assert everything["by_account"][1]["p50_latency_ms"] == 200.0  # [50, 100, 200, 300, 900]
+    assert [(m["model"], m["requests"]) for m in everything["by_model"]] == [
+        ("claude-sonnet-4.5", 1),
+        ("gpt-4.1", 7),
+    ]
+    assert everything["by_model"][0]["credits_estimated"] == 0.375
 
 
 def test_report_reads_migrated_v000_rows(tmp_path: Path) -> None:
@@ -200,27 +223,48 @@ def test_text_report_layout(tmp_path: Path) -> None:
     assert lines[3] == (
         "Total: 5 requests, 1 error, 6,300 input tokens, 580 output tokens, p50 latency 200 ms"
     )
-    assert lines[5].split() == [
+    assert lines[4] == "Credits: 0 measured (0 requests) + ~1.85 estimated (5 requests)"
+    assert lines[6].split() == [
         "ACCOUNT",
         "MODEL",
         "REQUESTS",
         "ERRORS",
         "INPUT",
         "OUTPUT",
+        "CREDITS",
+        "EST.",
+        "CREDITS",
         "P50",
         "LATENCY",
     ]
-    assert lines[6].split() == [
+    assert lines[7].split() == [
         "personal",
         "claude-sonnet-4.5",
         "1",
         "0",
         "1,000",
         "50",
+        "-",  # nothing measured
+        "~0.38",
         "900",
         "ms",
     ]
-    assert lines[7].split() == ["personal", "gpt-4.1", "4", "1", "5,300", "530", "100", "ms"]
+    assert lines[8].split() == [
+        "personal",
+        "gpt-4.1",
+        "4",
+        "1",
+        "5,300",
+        "530",
+        "-",
+        "~1.48",
+        "100",
+        "ms",
+    ]
+    # one account: no per-account table; two models: a per-model one
+    assert "By account:" not in text
+    assert lines[10] == "By model:"
+    assert lines[12].split()[:2] == ["claude-sonnet-4.5", "1"]
 
 
 # ------------------------------------------------------------ console script
@@ -249,6 +293,8 @@ def test_cli_text_and_json(state: Path) -> None:
         "account",
         "totals",
         "by_account_model",
+        "by_account",
+        "by_model",
     ]
     assert data["format"] == 1 and data["database_exists"] is True
     assert data["account"] == "personal"
@@ -266,6 +312,11 @@ def test_cli_text_and_json(state: Path) -> None:
         "cached_tokens",
         "reasoning_tokens",
         "p50_latency_ms",
+        "credits",
+        "credits_estimated",
+        "credits_measured_requests",
+        "credits_estimated_requests",
+        "credits_unpriced_requests",
     }
 
 

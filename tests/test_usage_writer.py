@@ -151,6 +151,9 @@ def test_writer_batches_and_flushes_everything_on_close(tmp_path: Path) -> None:
         "output": 80,
         "cache_read": 1024,
         "reasoning": 16,
+        # no measured cost: gpt-4.1's list price (2 / 0.5 cached / 8 USD per 1M) in
+        # credits: (176 x 2 + 1024 x 0.5 + 80 x 8) / 1e6 USD x 100
+        "credits_est": 0.1504,
     }
     assert json.loads(str(ctx_json)) == {
         "native": True,

@@ -44,7 +44,7 @@ from hypercorn.config import Config as HConfig
 
 from tokn_router._version import __version__
 from tokn_router.accounts import config as config_mod
-from tokn_router.accounts import window_store
+from tokn_router.accounts import identity, window_store
 from tokn_router.accounts.config import Config, ConfigFile, ProxyModeConfig
 from tokn_router.accounts.pool import AccountState, Pool
 from tokn_router.accounts.providers.base import Credential
@@ -209,6 +209,9 @@ class Daemon:
         self.proxy_port = self.cfg.proxy_mode.port if opts.proxy_port is None else opts.proxy_port
         self.lan_mode = opts.api and not is_loopback_bind(self.host)
         config_mod.ensure_state_dir(opts.config_path.parent)
+        # the editor identity every request carries: packaged set, [identity], install id
+        self.install_id = identity.load_install_id(config_mod.state_dir(opts.config_path))
+        identity.configure(identity.resolve(self.cfg.identity, self.install_id))
         self.proxy_setting = ProxySetting.from_config(self.cfg.proxy, disabled=opts.no_proxy)
         self.transport = TrioH11Transport(verify=tls_context())
         self.client = make_client(self.proxy_setting, self.cfg.upstream, direct=self.transport)
@@ -482,6 +485,7 @@ class Daemon:
             log.error("config reload failed, keeping the previous config: %s", e)
             return
         self.cfg = new
+        identity.configure(identity.resolve(new.identity, self.install_id))
         log.info("config reloaded from %s", self.opts.config_path)
         self.refresher.github = new.github
         added, removed = self.pool.apply_config(new)

@@ -27,8 +27,15 @@ canned ``script(...)`` answers with ``headers=`` and ``json=``.
 
 Knobs: ``copilot_models`` (editable list; ``reset()`` restores ``DEFAULT_COPILOT_MODELS``;
 a model's ``supported_endpoints`` gates the paths), ``GithubAccount.models`` (per-account
-allow list), ``GithubAccount.premium_*`` (quota header), and every ``script(...)`` knob of
-``server.py`` (canned status, delays, hangs, chunking, drops, usage overrides).
+allow list), ``GithubAccount.premium_*`` (quota header), ``copilot_nano_aiu`` (below), and
+every ``script(...)`` knob of ``server.py`` (canned status, delays, hangs, chunking, drops,
+usage overrides).
+
+``copilot_nano_aiu`` (None by default; ``reset()`` clears it): when set to N, successful
+chat, Responses and Messages answers say what they cost, ``"copilot_usage":
+{"total_nano_aiu": N}``, where Copilot puts it: at the top level of a whole answer; in a
+chat stream, a chunk of its own (``choices: []``) before ``[DONE]``; on a Responses
+stream's ``response.completed`` event and a Messages stream's ``message_delta``.
 ``copilot_account(...)`` returns the ``[[accounts]]`` table for this fake.
 
 The module is long because the four API shapes are written out field by field, so that
@@ -58,6 +65,7 @@ from tests.fakes.server import (
     Script,
     Stream,
     deep_merge,
+    dumps,
     json_reply,
     sse,
     text_reply,
@@ -218,15 +226,43 @@ class CopilotFake(GithubFake):
     def _reset_state(self) -> None:
         super()._reset_state()
         self.copilot_models: list[dict[str, Any]] = copy.deepcopy(DEFAULT_COPILOT_MODELS)
+        self.copilot_nano_aiu: int | None = None
 
     def _add_routes(self, routes: dict[tuple[str, str], Handler]) -> None:
         super()._add_routes(routes)
         routes[("GET", "/models")] = self._models
-        routes[("POST", "/chat/completions")] = self._chat
-        routes[("POST", "/v1/chat/completions")] = self._chat
+        routes[("POST", "/chat/completions")] = self._costed(self._chat, None)
+        routes[("POST", "/v1/chat/completions")] = self._costed(self._chat, None)
         routes[("POST", "/embeddings")] = self._embeddings
-        routes[("POST", "/responses")] = self._responses
-        routes[("POST", "/v1/messages")] = self._messages
+        routes[("POST", "/responses")] = self._costed(self._responses, "response.completed")
+        routes[("POST", "/v1/messages")] = self._costed(self._messages, "message_delta")
+
+    def _costed(self, handler: Handler, cost_event: str | None) -> Handler:
+        """``handler`` plus ``copilot_usage`` when ``copilot_nano_aiu`` is set (see above)."""
+
+        def costed(rec: RecordedRequest, script: Script | None) -> Reply | Stream:
+            reply = handler(rec, script)
+            nano = self.copilot_nano_aiu
+            if nano is None or reply.status != 200:
+                return reply
+            cost = {"total_nano_aiu": nano}
+            if isinstance(reply, Reply):
+                obj = jsonlib.loads(reply.body)
+                obj["copilot_usage"] = cost
+                return Reply(reply.status, dumps(obj).encode(), reply.headers)
+            events = list(reply.events)
+            if cost_event is None:  # chat: a cost-only chunk before [DONE]
+                chunk = {"choices": [], "object": "chat.completion.chunk", "copilot_usage": cost}
+                events.insert(len(events) - 1, (sse(chunk), False))
+            else:
+                head = f"event: {cost_event}\n".encode()
+                for i, (ev, delta) in enumerate(events):
+                    if ev.startswith(head):
+                        obj = jsonlib.loads(ev[len(head) :].removeprefix(b"data: "))
+                        events[i] = (sse({**obj, "copilot_usage": cost}, cost_event), delta)
+            return Stream(events, reply.headers, reply.status)
+
+        return costed
 
     def _service_for(self, path: str) -> str:
         if path in COPILOT_PATHS:

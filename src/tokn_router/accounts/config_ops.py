@@ -30,15 +30,6 @@ from tokn_router.accounts.providers import github as gh
 from tokn_router.accounts.schema import Account, Config
 from tokn_router.errors import AccountError, ConfigError, ToknError, UsageError
 
-_COPILOT_SETTING_DEFAULTS = {
-    "editor_version": identity.EDITOR_VERSION,
-    "editor_plugin_version": identity.EDITOR_PLUGIN_VERSION,
-    "user_agent": identity.USER_AGENT,
-    "copilot_integration_id": identity.COPILOT_INTEGRATION_ID,
-    "openai_intent": identity.OPENAI_INTENT,
-    "github_api_version": identity.GITHUB_API_VERSION,
-}
-
 
 def key_type(key: str, account: str | None) -> Any:
     """The schema type of ``key`` (an account field with ``account``)."""
@@ -77,14 +68,18 @@ def _builtins(obj: Any) -> Any:
     return obj
 
 
-def effective_account(acc: Account, github: schema.GithubConfig) -> dict[str, Any]:
+def effective_account(
+    acc: Account, github: schema.GithubConfig, ident: schema.IdentityConfig | None = None
+) -> dict[str, Any]:
     data = _builtins(acc)
     provider = PROVIDERS.get(acc.provider)
     if acc.provider == "github-copilot":
         data.setdefault("refresh_url", gh.token_url(github))
         settings = data.setdefault("settings", {})
-        for k, v in _COPILOT_SETTING_DEFAULTS.items():
-            settings.setdefault(k, v)
+        # unset settings follow the identity set: packaged, with [identity] over it
+        values = identity.resolve(ident).values
+        for k in identity.ACCOUNT_FIELDS:
+            settings.setdefault(k, getattr(values, k))
     elif provider is not None and provider.default_base_url:
         data.setdefault("base_url", provider.default_base_url)
     return data
@@ -97,7 +92,9 @@ def effective(cfg: Config, path: Path) -> dict[str, Any]:
     data["proxy_mode"].setdefault("ca_dir", str(config.ca_dir(cfg, path)))
     data["github"].setdefault("url", gh.github_url(cfg.github))
     data["github"].setdefault("api_url", gh.api_url(cfg.github))
-    data["accounts"] = [effective_account(a, cfg.github) for a in cfg.accounts]
+    for k in identity.FIELDS:  # unset: the packaged set's value
+        data["identity"].setdefault(k, getattr(identity.packaged(), k))
+    data["accounts"] = [effective_account(a, cfg.github, cfg.identity) for a in cfg.accounts]
     return data
 
 
@@ -120,7 +117,9 @@ def get_value(cfg: Config, path: Path, key: str, account: str | None = None) -> 
     """The effective value at ``key`` (``None`` when unset without a default)."""
     key_type(key, account)
     if account is not None:
-        return _lookup(effective_account(_need_account(cfg, account), cfg.github), key)
+        return _lookup(
+            effective_account(_need_account(cfg, account), cfg.github, cfg.identity), key
+        )
     return _lookup(effective(cfg, path), key)
 
 

@@ -17,10 +17,10 @@ from __future__ import annotations
 import copy
 import json
 import re
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
-__all__ = ["lookup", "static_model_ids"]
+__all__ = ["cost", "lookup", "static_model_ids"]
 
 _DATA_PACKAGE = "tokn_router.data"
 _DATA_FILE = "models_meta.json"
@@ -87,6 +87,22 @@ def lookup(provider_id: str, model_id: str) -> dict[str, Any] | None:
     if resolved is None:
         return None
     return copy.deepcopy(_load()[provider_id][resolved])
+
+
+@lru_cache(maxsize=1024)  # bounded: model ids come from clients
+def cost(provider_id: str, model_id: str) -> dict[str, Any] | None:
+    """The ``cost`` section of ``model_id`` (USD per million tokens), or None if unpriced.
+
+    Matched like :func:`lookup`; cached, and shared between callers: do not modify it.
+    Keys as models.dev names them: ``input``, ``output``, ``cache_read``,
+    ``cache_write``, and ``tiers`` (``[{..., "tier": {"size": N, "type": "context"}}]``:
+    the prices that apply once a request's input exceeds ``size`` tokens).
+    """
+    resolved = _resolve(provider_id, model_id)
+    if resolved is None:
+        return None
+    section = _load()[provider_id][resolved].get("cost")
+    return section if isinstance(section, dict) and section else None
 
 
 def static_model_ids(provider_id: str) -> list[str]:

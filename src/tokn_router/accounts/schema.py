@@ -82,6 +82,34 @@ class GithubConfig(_Base):
     api_url: str | None = None
 
 
+# a header value: printable ASCII, no line breaks
+HeaderValue = Annotated[str, msgspec.Meta(min_length=1, pattern=r"^[\x20-\x7e]+$")]
+
+
+class IdentityConfig(_Base):
+    """``[identity]``: the editor identity sent to Copilot, over the packaged set.
+
+    Unset keys keep the packaged values (one consistent VS Code / Copilot Chat
+    release, see ``tokn_router/data/identity.toml``); ``[accounts.settings]``
+    still win per account. Set these to follow a newer release without
+    upgrading tokn-router; a running daemon picks an edit up.
+    """
+
+    editor_version: HeaderValue | None = None
+    editor_plugin_version: HeaderValue | None = None
+    user_agent: HeaderValue | None = None
+    copilot_integration_id: HeaderValue | None = None
+    openai_intent: HeaderValue | None = None
+    github_api_version: HeaderValue | None = None
+    # the token exchange's X-GitHub-Api-Version (versioned apart from the API)
+    token_api_version: HeaderValue | None = None
+    # X-VSCode-User-Agent-Library-Version
+    user_agent_library: HeaderValue | None = None
+    # VScode-SessionId / VScode-MachineId / Editor-Device-Id: stable per account,
+    # derived from a random id in the state dir; false sends none of them
+    device_ids: bool = True
+
+
 class AccountSettings(_Base):
     """Identity headers sent upstream; unset values track the current defaults."""
 
@@ -118,6 +146,7 @@ class Config(_Base):
     proxy_mode: ProxyModeConfig = msgspec.field(default_factory=ProxyModeConfig)
     upstream: UpstreamConfig = msgspec.field(default_factory=UpstreamConfig)
     github: GithubConfig = msgspec.field(default_factory=GithubConfig)
+    identity: IdentityConfig = msgspec.field(default_factory=IdentityConfig)
     model_aliases: dict[str, str] = msgspec.field(default_factory=dict)
     accounts: list[Account] = msgspec.field(default_factory=list)
 
@@ -189,6 +218,8 @@ __all__ = [
     "AccountSettings",
     "Config",
     "GithubConfig",
+    "HeaderValue",
+    "IdentityConfig",
     "InitiatorMode",
     "OutboundProxyConfig",
     "PoolConfig",

@@ -11,9 +11,9 @@ import msgspec
 from cyclopts import App, Parameter
 
 from tokn_router import redact
-from tokn_router.accounts import config, config_ops, window_store
+from tokn_router.accounts import config, config_ops, identity, window_store
 from tokn_router.accounts.config import Account, Config
-from tokn_router.accounts.providers import PROVIDERS, Credential, RequestInfo
+from tokn_router.accounts.providers import PROVIDERS, Credential, RequestInfo, copilot
 from tokn_router.accounts.providers import github as gh
 from tokn_router.accounts.windows import Windows
 from tokn_router.cli import _context
@@ -376,7 +376,9 @@ def default_account(cfg: Config) -> Account:
     return acc
 
 
-def resolved_headers(acc: Account) -> tuple[str, dict[str, str]]:
+def resolved_headers(
+    acc: Account, ident: identity.Identity | None = None
+) -> tuple[str, dict[str, str]]:
     """(API base, headers) of an upstream request for ``acc``, secrets redacted."""
     provider = PROVIDERS[acc.provider]
     token = provider.token(acc)
@@ -384,7 +386,13 @@ def resolved_headers(acc: Account) -> tuple[str, dict[str, str]]:
     initiator: Initiator = "agent" if mode == "agent" else "user"
     info = RequestInfo(request_id="<request-id>", initiator=initiator)
     cred = Credential(token=token) if token else None
-    hdrs = provider.headers(acc, token or "<token>", info)
+    if isinstance(provider, copilot.CopilotProvider):
+        hdrs = copilot.build_headers(
+            acc.settings, token or "<token>", info, account_id=acc.id, ident=ident
+        )
+        hdrs["X-Interaction-Id"] = "<new per request>"
+    else:
+        hdrs = provider.headers(acc, token or "<token>", info)
     if "X-Initiator" in hdrs and mode not in ("user", "agent"):
         hdrs["X-Initiator"] = "<user|agent: from the client's X-Initiator or the request>"
     if token is None and "Authorization" in hdrs:
@@ -397,13 +405,30 @@ def resolved_headers(acc: Account) -> tuple[str, dict[str, str]]:
     return provider.base_url(acc, cred), redact.headers(hdrs)
 
 
+def header_sources(acc: Account, ident: identity.Identity) -> dict[str, str]:
+    """Header -> where its value comes from, for the headers a user may want to change."""
+    if acc.provider != "github-copilot":
+        return {}
+    out: dict[str, str] = dict(copilot.identity_sources(acc.settings, ident))
+    if ident.device_ids:
+        for h in copilot.DEVICE_HEADERS:
+            out[h] = "derived (install id in the state dir + account id)"
+    out["X-Request-Id"] = out["X-Interaction-Id"] = "per request"
+    out["X-Interaction-Type"] = "the request's intent"
+    return out
+
+
 @app.command
 def headers(
     *,
     account: Annotated[str | None, Parameter(name="--account", metavar="ID")] = None,
     as_json: Json = False,
 ) -> None:
-    """Print the upstream identity headers of an account (token redacted).
+    """Print the upstream identity headers of an account (token redacted), and their sources.
+
+    Each Copilot identity value comes from the packaged set (default), the
+    config's [identity] section, or the account's [accounts.settings] (later
+    ones win); the comment lines after the headers say which, for each.
 
     --json prints {"format": 1, "account": ID, "provider": ..., "enabled":
     true|false, "base_url": ..., "headers": {name: value}}.
@@ -413,24 +438,38 @@ def headers(
     account
         Account id (default: the first enabled account).
     as_json
-        Print JSON (format above) instead of text.
+        Print {"format": 1, "account", "provider", "enabled", "base_url",
+        "headers": {name: {"value", "source"}}} instead (source null for headers
+        with none).
     """
-    cfg = _context.config_file().load()
+    path = _context.config_path()
+    cfg = config.ConfigFile(path).load()
     acc = _find(cfg, account) if account else default_account(cfg)
-    base, hdrs = resolved_headers(acc)
+    state = config.state_dir(path)
+    config.ensure_state_dir(state)
+    # the daemon's own identity: the same install id, so the same device ids
+    ident = identity.resolve(cfg.identity, identity.load_install_id(state))
+    base, hdrs = resolved_headers(acc, ident)
+    sources = header_sources(acc, ident)
     if as_json:
-        print_json(
-            {
-                "format": JSON_FORMAT,
-                "account": acc.id,
-                "provider": acc.provider,
-                "enabled": acc.enabled,
-                "base_url": base,
-                "headers": hdrs,
-            }
-        )
+        doc = {
+            "format": JSON_FORMAT,
+            "account": acc.id,
+            "provider": acc.provider,
+            "enabled": acc.enabled,
+            "base_url": base,
+            "headers": {k: {"value": v, "source": sources.get(k)} for k, v in hdrs.items()},
+        }
+        print_json(doc)
         return
     note = "" if acc.enabled else " [disabled]"
     print(f"# account '{acc.id}' ({acc.provider}){note} -> {base}")
     for k, v in hdrs.items():
         print(f"{k}: {v}")
+    if sources:
+        print(
+            "# sources: default = the packaged set, [identity] = the config's [identity], "
+            "account = [accounts.settings]"
+        )
+        for k, src in sources.items():
+            print(f"#   {k}: {src}")

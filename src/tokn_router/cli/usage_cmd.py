@@ -25,7 +25,11 @@ def usage(
 
     Per account and model: requests, errors (an error was recorded, or the
     status sent was 0 or >= 400), input and output tokens (input includes
-    cached tokens) and the p50 latency. Reads the database while a daemon
+    cached tokens), Copilot AI credits and the p50 latency; with more than one
+    account or model, a table per account and per model too. CREDITS is what
+    Copilot said it billed (1 credit = $0.01); EST. CREDITS (marked ~) is a
+    list-price estimate for the requests Copilot did not say, from the packaged
+    models.dev prices: a guide, not a bill. Reads the database while a daemon
     writes to it. With no database yet, says so on stderr and exits 0 (with
     --json, an empty report whose database_exists is false).
 
@@ -33,11 +37,14 @@ def usage(
     database, database_exists, since (ISO 8601 UTC or null), since_ts (unix
     seconds or null), account (or null), totals, by_account_model (sorted by
     account_id then model; each entry has account_id, which is null when no
-    account served the request, and model). totals and every entry carry
-    requests, errors, input_tokens, output_tokens, cached_tokens,
-    reasoning_tokens (integers) and p50_latency_ms (number or null). With
-    --by, also "by" and "groups": one entry per name (key, account or model;
-    null for none) with name and the same numbers, sorted by name.
+    account served the request, and model), by_account (sorted by account_id)
+    and by_model (sorted by model). totals and every entry carry requests,
+    errors, input_tokens, output_tokens, cached_tokens, reasoning_tokens
+    (integers), p50_latency_ms (number or null), credits and
+    credits_estimated (numbers), credits_measured_requests,
+    credits_estimated_requests and credits_unpriced_requests (integers).
+    With --by, also "by" and "groups": one entry per name (key, account or
+    model; null for none) with name and the same numbers, sorted by name.
 
     Parameters
     ----------

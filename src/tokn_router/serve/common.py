@@ -11,6 +11,7 @@ closed and reported.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,7 @@ from tokn_router.serve.sticky import session_key
 from tokn_router.usage.inflight import Report, RequestLog, finish_row
 from tokn_router.wire.errors import (
     Shape,
+    identity_hint,
     is_anthropic_error,
     shaped_error_body,
     upstream_error_text,
@@ -38,6 +40,8 @@ from tokn_router.wire.errors import (
 from tokn_router.wire.transforms import StreamTransform, WholeTransform
 from tokn_router.wire.translate.models import resolve_model
 from tokn_router.wire.validate import require_model
+
+log = logging.getLogger("tokn_router.api")
 
 
 @dataclass
@@ -186,6 +190,10 @@ async def answer_whole(
         headers["Retry-After"] = resp.headers["retry-after"]
 
     if status >= 400:
+        hint = identity_hint(status, data, ctype)
+        if hint:
+            # the request's fault in the policy's eyes, yet every request will meet it
+            log.warning("request %s: upstream answered %s: %s", rlog.request_id, status, hint)
         svc.finish(rlog, status=status, error=upstream_error_text(status, data, ctype))
         if shape == "openai":
             out = wrap_upstream_error(status, data, ctype)

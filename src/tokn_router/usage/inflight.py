@@ -69,6 +69,7 @@ class RequestLog:
             cached_tokens=u.cache_read if u else None,
             cache_write_tokens=u.cache_write if u else None,
             reasoning_tokens=u.reasoning if u else None,
+            nano_aiu=u.nano_aiu if u else None,
             latency_ms=self.latency_ms,
             ttft_ms=self.ttft_ms,
             attempts=[

@@ -1,10 +1,18 @@
 """Reading the ledger: the report behind ``tokn-router usage``.
 
-A report is totals plus one line per (account, model) over the requests whose
-``ts`` is at or after ``since``. Counted per line: requests, errors (an error
-text was recorded, or the status sent was 0 or >= 400), input / output /
-cached / reasoning tokens (unknown counts add nothing) and the p50 latency
-(nearest rank over the requests that have one).
+A report is totals plus one line per (account, model), per account and per
+model, over the requests whose ``ts`` is at or after ``since``. Counted per
+line: requests, errors (an error text was recorded, or the status sent was 0 or
+>= 400), input / output / cached / reasoning tokens (unknown counts add
+nothing), Copilot AI credits and the p50 latency (nearest rank over the
+requests that have one).
+
+Credits come in two sums that are never mixed: ``credits`` is what upstream
+said it billed (rows with ``usage_json.credits``), ``credits_estimated`` the
+list-price estimate of the rows without a measurement (``credits_est``; see
+:mod:`tokn_router.usage.credits`). ``credits_unpriced_requests`` counts the
+Copilot rows with token counts but neither (a model without a packaged price,
+or rows recorded before credits were).
 
 :func:`report_json` is the stable ``--json`` format (``"format": 1``)::
 
@@ -18,7 +26,9 @@ cached / reasoning tokens (unknown counts add nothing) and the p50 latency
       "totals": {STATS},
       "by_account_model": [                   # sorted by account_id, then model
         {"account_id": "personal", "model": "gpt-4.1", STATS...}
-      ]
+      ],
+      "by_account": [{"account_id": "personal", STATS...}],   # sorted by account_id
+      "by_model": [{"model": "gpt-4.1", STATS...}]            # sorted by model
     }
 
 With ``--by key|account|model`` the object also has ``"by"`` (that word) and
@@ -27,10 +37,14 @@ With ``--by key|account|model`` the object also has ``"by"`` (that word) and
 account). The key is the client key's name recorded in ``params_json``.
 
 where STATS is ``"requests", "errors", "input_tokens", "output_tokens",
-"cached_tokens", "reasoning_tokens"`` (integers) and ``"p50_latency_ms"``
-(a number, or null when no request has a latency). ``account_id`` is null
-for requests no account served (e.g. every account cooling down). New keys
-may be added; existing ones keep their name and meaning while ``format`` is 1.
+"cached_tokens", "reasoning_tokens"`` (integers), ``"p50_latency_ms"``
+(a number, or null when no request has a latency), ``"credits"`` and
+``"credits_estimated"`` (numbers, AI credits: measured, and estimated where
+not measured), ``"credits_measured_requests"``, ``"credits_estimated_requests"``
+and ``"credits_unpriced_requests"`` (integers). ``account_id`` is null for
+requests no account served (e.g. every account cooling down); null sorts
+first. New keys may be added; existing ones keep their name and meaning while
+``format`` is 1.
 """
 
 from __future__ import annotations
@@ -40,6 +54,7 @@ import math
 import re
 import sqlite3
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -83,6 +98,9 @@ def since_label(value: str) -> str | None:
     return f"last {text}" if _DURATION_RE.fullmatch(text) else None
 
 
+_CREDIT_DIGITS = 6
+
+
 @dataclasses.dataclass
 class Stats:
     requests: int = 0
@@ -92,9 +110,25 @@ class Stats:
     cached_tokens: int = 0
     reasoning_tokens: int = 0
     p50_latency_ms: float | None = None
+    credits: float = 0.0  # measured: what upstream said it billed
+    credits_estimated: float = 0.0  # list-price estimate of the requests not measured
+    credits_measured_requests: int = 0
+    credits_estimated_requests: int = 0
+    credits_unpriced_requests: int = 0  # Copilot rows with tokens but no cost known
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["credits"] = round(self.credits, _CREDIT_DIGITS)
+        d["credits_estimated"] = round(self.credits_estimated, _CREDIT_DIGITS)
+        return d
+
+    def add(self, other: Stats) -> None:
+        """Add ``other``'s sums (not its p50: medians do not add)."""
+        for f in _SUMMED:
+            setattr(self, f, getattr(self, f) + getattr(other, f))
+
+
+_SUMMED = tuple(f.name for f in dataclasses.fields(Stats) if f.name != "p50_latency_ms")
 
 
 @dataclasses.dataclass
@@ -114,6 +148,8 @@ class Report:
     groups: list[Group]
     by: str | None = None  # --by: "key", "account" or "model"
     by_groups: list[tuple[str | None, Stats]] = dataclasses.field(default_factory=list)
+    by_account: list[tuple[str | None, Stats]] = dataclasses.field(default_factory=list)
+    by_model: list[tuple[str, Stats]] = dataclasses.field(default_factory=list)
 
 
 # --by: the SQL that names each group
@@ -127,11 +163,49 @@ BY_SQL = {
 _ERROR_SQL = "(request_error IS NOT NULL OR status = 0 OR status >= 400)"
 
 
-def _usage(key: str) -> str:
+def _json(key: str) -> str:
     # json_valid() first: one hand-edited or foreign row must not break the report.
-    return (
-        f"COALESCE(SUM(CASE WHEN json_valid(usage_json) "
-        f"THEN json_extract(usage_json, '$.{key}') END), 0)"
+    return f"CASE WHEN json_valid(usage_json) THEN json_extract(usage_json, '$.{key}') END"
+
+
+def _usage(key: str) -> str:
+    return f"COALESCE(SUM({_json(key)}), 0)"
+
+
+def _has(key: str) -> str:
+    return f"SUM(CASE WHEN {_json(key)} IS NOT NULL THEN 1 ELSE 0 END)"
+
+
+_UNPRICED_SQL = (
+    f"SUM(CASE WHEN provider_id = 'github-copilot' AND {_json('credits')} IS NULL "
+    f"AND {_json('credits_est')} IS NULL "
+    f"AND ({_json('input')} IS NOT NULL OR {_json('output')} IS NOT NULL) THEN 1 ELSE 0 END)"
+)
+
+
+# The numbers of one group of rows, in the order _stats() reads them.
+_STATS_SQL = (
+    f"COUNT(*), SUM(CASE WHEN {_ERROR_SQL} THEN 1 ELSE 0 END), "
+    f"{_usage('input')}, {_usage('output')}, {_usage('cache_read')}, "
+    f"{_usage('reasoning')}, {_usage('credits')}, {_usage('credits_est')}, "
+    f"{_has('credits')}, {_has('credits_est')}, {_UNPRICED_SQL}"
+)
+
+
+def _stats(row: Sequence[Any]) -> Stats:
+    req, err, inp, out, cached, reasoning = (int(v) for v in row[:6])
+    return Stats(
+        requests=req,
+        errors=err,
+        input_tokens=inp,
+        output_tokens=out,
+        cached_tokens=cached,
+        reasoning_tokens=reasoning,
+        credits=float(row[6]),
+        credits_estimated=float(row[7]),
+        credits_measured_requests=int(row[8]),
+        credits_estimated_requests=int(row[9]),
+        credits_unpriced_requests=int(row[10]),
     )
 
 
@@ -165,13 +239,11 @@ def query(
     all_latencies: list[float] = []
     with read_transaction(conn):  # both SELECTs see the same rows
         for row in conn.execute(
-            f"SELECT account_id, model, COUNT(*), SUM(CASE WHEN {_ERROR_SQL} THEN 1 ELSE 0 END), "
-            f"{_usage('input')}, {_usage('output')}, {_usage('cache_read')}, "
-            f"{_usage('reasoning')} FROM requests {where_sql} "
+            f"SELECT account_id, model, {_STATS_SQL} FROM requests {where_sql} "
             "GROUP BY account_id, model ORDER BY account_id, model",
             params,
         ):
-            groups[(row[0], row[1])] = Stats(*(int(v) for v in row[2:8]))
+            groups[(row[0], row[1])] = _stats(row[2:])
         # Sorted globally, so every group's list comes out sorted too.
         for account_id, model, latency in conn.execute(
             "SELECT account_id, model, lat FROM (SELECT account_id, model, "
@@ -183,15 +255,20 @@ def query(
             all_latencies.append(latency)
         by_groups = _by_groups(conn, BY_SQL[by], where_sql, params) if by else []
     totals = Stats()
+    by_account: dict[str | None, Stats] = {}
+    by_model: dict[str, Stats] = {}
     for key, stats in groups.items():
         stats.p50_latency_ms = p50(latencies.get(key, []))
-        totals.requests += stats.requests
-        totals.errors += stats.errors
-        totals.input_tokens += stats.input_tokens
-        totals.output_tokens += stats.output_tokens
-        totals.cached_tokens += stats.cached_tokens
-        totals.reasoning_tokens += stats.reasoning_tokens
+        totals.add(stats)
+        by_account.setdefault(key[0], Stats()).add(stats)
+        by_model.setdefault(key[1], Stats()).add(stats)
     totals.p50_latency_ms = p50(all_latencies)
+    for acc, stats in by_account.items():
+        lat = sorted(v for (a, _), vs in latencies.items() if a == acc for v in vs)
+        stats.p50_latency_ms = p50(lat)
+    for model, stats in by_model.items():
+        lat = sorted(v for (_, m), vs in latencies.items() if m == model for v in vs)
+        stats.p50_latency_ms = p50(lat)
     return Report(
         database=database,
         database_exists=True,
@@ -201,6 +278,8 @@ def query(
         groups=[Group(a, m, s) for (a, m), s in groups.items()],
         by=by,
         by_groups=by_groups,
+        by_account=sorted(by_account.items(), key=lambda kv: (kv[0] is not None, kv[0] or "")),
+        by_model=sorted(by_model.items()),
     )
 
 
@@ -210,12 +289,11 @@ def _by_groups(
     """STATS per value of ``name_sql`` (inside the caller's read transaction)."""
     out: dict[str | None, Stats] = {}
     for row in conn.execute(
-        f"SELECT g, COUNT(*), SUM(CASE WHEN {_ERROR_SQL} THEN 1 ELSE 0 END), "
-        f"{_usage('input')}, {_usage('output')}, {_usage('cache_read')}, {_usage('reasoning')} "
+        f"SELECT g, {_STATS_SQL} "
         f"FROM (SELECT {name_sql} AS g, * FROM requests {where_sql}) GROUP BY g ORDER BY g",
         params,
     ):
-        out[row[0]] = Stats(*(int(v) for v in row[1:7]))
+        out[row[0]] = _stats(row[1:])
     lat: dict[str | None, list[float]] = {}
     for g, latency in conn.execute(
         f"SELECT g, lat FROM (SELECT {name_sql} AS g, CASE WHEN json_valid(ctx_json) "
@@ -254,6 +332,8 @@ def report_json(report: Report) -> dict[str, Any]:
             {"account_id": g.account_id, "model": g.model, **g.stats.as_dict()}
             for g in report.groups
         ],
+        "by_account": [{"account_id": a, **s.as_dict()} for a, s in report.by_account],
+        "by_model": [{"model": m, **s.as_dict()} for m, s in report.by_model],
     }
     if report.by is not None:
         out["by"] = report.by
@@ -273,10 +353,65 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f} ms"
 
 
+def _credits(value: float, *, estimated: bool = False) -> str:
+    if value == 0:
+        return "0"
+    text = "<0.01" if value < 0.01 else f"{value:,.2f}"
+    return "~" + text if estimated else text
+
+
+def _credit_cells(s: Stats) -> tuple[str, str]:
+    """(measured, estimated) table cells; ``-`` when no request had such a value."""
+    return (
+        _credits(s.credits) if s.credits_measured_requests else "-",
+        _credits(s.credits_estimated, estimated=True) if s.credits_estimated_requests else "-",
+    )
+
+
+def _credit_line(t: Stats) -> str:
+    line = (
+        f"Credits: {_credits(t.credits)} measured ({_count(t.credits_measured_requests, 'request')})"
+        f" + {_credits(t.credits_estimated, estimated=True)} estimated "
+        f"({_count(t.credits_estimated_requests, 'request')})"
+    )
+    if t.credits_unpriced_requests:
+        line += f"; {_count(t.credits_unpriced_requests, 'Copilot request')} not priced"
+    return line
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], left: int) -> list[str]:
+    """Aligned lines: the first ``left`` columns left-aligned, numbers right-aligned."""
+    table = [header, *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    out = []
+    for row in table:
+        cells = [
+            cell.ljust(widths[i]) if i < left else cell.rjust(widths[i])
+            for i, cell in enumerate(row)
+        ]
+        out.append("  ".join(cells).rstrip())
+    return out
+
+
+_NUMBERS = ("REQUESTS", "ERRORS", "INPUT", "OUTPUT", "CREDITS", "EST. CREDITS")
+
+
+def _numbers(s: Stats) -> tuple[str, ...]:
+    return (
+        _n(s.requests),
+        _n(s.errors),
+        _n(s.input_tokens),
+        _n(s.output_tokens),
+        *_credit_cells(s),
+    )
+
+
 def format_text(report: Report, *, since_label: str | None = None) -> str:
     """The human-readable report: a header, the totals, the per account/model table.
 
-    ``since_label`` is shown after the start time, e.g. ``"last 24h"``.
+    ``since_label`` is shown after the start time, e.g. ``"last 24h"``. Credits
+    are shown measured and estimated apart (``~`` marks an estimate); with more
+    than one account or model, a table per account and per model follows.
     """
     if report.since_ts is None:
         since = "all time"
@@ -297,34 +432,41 @@ def format_text(report: Report, *, since_label: str | None = None) -> str:
     if not report.groups:
         lines.append("No requests recorded in this period.")
         return "\n".join(lines)
-    names: tuple[str, ...] = ("ACCOUNT", "MODEL")
-    keyed: list[tuple[tuple[str, ...], Stats]] = [
-        ((g.account_id if g.account_id is not None else "-", g.model), g.stats)
-        for g in report.groups
-    ]
-    if report.by is not None:
-        names = (report.by.upper(),)
-        keyed = [((n if n is not None else "-",), s) for n, s in report.by_groups]
-    header = (*names, "REQUESTS", "ERRORS", "INPUT", "OUTPUT", "P50 LATENCY")
-    table = [header] + [
-        (
-            *label,
-            _n(st.requests),
-            _n(st.errors),
-            _n(st.input_tokens),
-            _n(st.output_tokens),
-            _ms(st.p50_latency_ms),
-        )
-        for label, st in keyed
-    ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines.append(_credit_line(t))
     lines.append("")
-    for row in table:
-        cells = [
-            cell.ljust(widths[i]) if i < len(names) else cell.rjust(widths[i])
-            for i, cell in enumerate(row)
-        ]
-        lines.append("  ".join(cells).rstrip())
+    if report.by is not None:  # --by: one table, grouped as asked
+        lines += _table(
+            (report.by.upper(), *_NUMBERS, "P50 LATENCY"),
+            [
+                (n if n is not None else "-", *_numbers(s), _ms(s.p50_latency_ms))
+                for n, s in report.by_groups
+            ],
+            1,
+        )
+        return "\n".join(lines)
+    lines += _table(
+        ("ACCOUNT", "MODEL", *_NUMBERS, "P50 LATENCY"),
+        [
+            (
+                g.account_id if g.account_id is not None else "-",
+                g.model,
+                *_numbers(g.stats),
+                _ms(g.stats.p50_latency_ms),
+            )
+            for g in report.groups
+        ],
+        2,
+    )
+    if len(report.by_account) > 1:
+        lines += ["", "By account:"]
+        lines += _table(
+            ("ACCOUNT", *_NUMBERS),
+            [(a if a is not None else "-", *_numbers(s)) for a, s in report.by_account],
+            1,
+        )
+    if len(report.by_model) > 1:
+        lines += ["", "By model:"]
+        lines += _table(("MODEL", *_NUMBERS), [(m, *_numbers(s)) for m, s in report.by_model], 1)
     return "\n".join(lines)
 
 

@@ -4,6 +4,19 @@ A record is built once per request (API listener or MITM proxy) when it ends,
 and handed to :meth:`tokn_router.usage.Ledger.submit`. Construction is a plain
 msgspec Struct init — no JSON, no I/O — because it runs on the request path;
 turning it into a row (:func:`to_row`) happens later in the writer's thread.
+
+``usage_json`` holds the token counts of the v0.2.0 schema (``input``,
+``output``, ``cache_read``, ``reasoning``, and ``cache_write`` when known) plus
+the request's cost in Copilot AI credits (see :mod:`tokn_router.usage.credits`),
+as one of:
+
+- ``"nano_aiu": N, "credits": N / 1e9``: measured, upstream said what it billed;
+- ``"credits_est": X``: no measurement, estimated from the packaged list prices
+  (Copilot rows with token counts and a priced model only);
+- neither: not known.
+
+New keys in a JSON column need no schema change; readers ignore what they do
+not know.
 """
 
 from __future__ import annotations
@@ -13,6 +26,7 @@ from typing import Any, Literal
 import msgspec
 
 from tokn_router._version import __version__
+from tokn_router.usage import credits
 
 Source = Literal["api", "proxy"]
 
@@ -55,6 +69,7 @@ class RequestRecord(msgspec.Struct, kw_only=True):
     cached_tokens: int | None = None
     cache_write_tokens: int | None = None
     reasoning_tokens: int | None = None
+    nano_aiu: int | None = None  # the cost upstream reported (copilot_usage.total_nano_aiu)
     latency_ms: float | None = None  # start to the last byte sent
     ttft_ms: float | None = None  # start to the first byte sent
     attempts: list[Attempt] = []  # every account tried, in order (msgspec copies the default)
@@ -121,7 +136,7 @@ def to_row(r: RequestRecord, ver: str = __version__) -> Row:
     }
     if r.key is not None:
         params["key"] = r.key  # only when known: anonymous rows keep their shape
-    usage: dict[str, int | None] = {
+    usage: dict[str, int | float | None] = {
         "input": r.input_tokens,
         "output": r.output_tokens,
         "cache_read": r.cached_tokens,
@@ -131,6 +146,20 @@ def to_row(r: RequestRecord, ver: str = __version__) -> Row:
         # only when known: the JSON column takes the new key without a schema
         # change, and rows of APIs without a prompt-cache write keep their shape
         usage["cache_write"] = r.cache_write_tokens
+    if r.nano_aiu is not None:
+        usage["nano_aiu"] = r.nano_aiu
+        usage["credits"] = credits.measured(r.nano_aiu)
+    else:
+        est = credits.estimate(
+            r.provider_id,
+            r.upstream_model or r.model,
+            input_tokens=r.input_tokens,
+            output_tokens=r.output_tokens,
+            cache_read=r.cached_tokens,
+            cache_write=r.cache_write_tokens,
+        )
+        if est is not None:
+            usage["credits_est"] = est
     ctx: dict[str, Any] = dict(r.extra) if r.extra else {}
     ctx.update(
         started_at_ms=r.started_at_ms,

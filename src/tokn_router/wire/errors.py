@@ -121,21 +121,59 @@ def is_anthropic_error(data: bytes) -> bool:
     )
 
 
-def hint_for(status: int, body: bytes, content_type: str) -> str | None:
-    """A hint for upstream errors whose body is not JSON."""
-    if status in (401, 403):
-        if "html" in content_type or body.lstrip()[:1] == b"<":
-            return (
-                "upstream answered with an HTML page: the editor identity headers may be stale; "
-                "bump [accounts.settings] editor_version / editor_plugin_version / user_agent to "
-                "a current VS Code Copilot Chat release and restart"
-            )
-        return "the upstream token may have expired or been revoked"
+# Copilot's answer to an API version (X-GitHub-Api-Version) it no longer supports
+API_VERSION_GONE = 466
+
+_BUMP = (
+    "set a current VS Code Copilot Chat release in the config, no upgrade needed: "
+    "`tokn-router config set {key} YYYY-MM-DD`, and likewise "
+    "identity.editor_version (vscode/X.Y.Z), identity.editor_plugin_version "
+    "(copilot-chat/X.Y.Z) and identity.user_agent (GitHubCopilotChat/X.Y.Z); a running "
+    "daemon picks it up. Per-account [accounts.settings] values win over [identity]: "
+    "unset stale ones. `tokn-router headers` shows what is sent and where it comes from"
+)
+
+
+def identity_hint(
+    status: int,
+    body: bytes,
+    content_type: str,
+    *,
+    version_key: str = "identity.github_api_version",
+) -> str | None:
+    """What to bump when an upstream error says the editor identity is out of date.
+
+    A 466 (API version no longer supported), or a 401/403 answered with an
+    HTML page (what Copilot's front door shows clients it does not recognise).
+    ``version_key`` is the config key of the version that request sent (the
+    token exchange has its own, ``identity.token_api_version``).
+    """
+    bump = _BUMP.format(key=version_key)
+    if status == API_VERSION_GONE:
+        return "Copilot no longer supports the X-GitHub-Api-Version sent; " + bump
+    if status in (401, 403) and ("html" in content_type or body.lstrip()[:1] == b"<"):
+        return (
+            "upstream answered with an HTML page: the editor identity headers may be stale; " + bump
+        )
     return None
 
 
+def hint_for(status: int, body: bytes, content_type: str) -> str | None:
+    """A hint for an upstream error (identity problems, or a 401/403 without a page)."""
+    hint = identity_hint(status, body, content_type)
+    if hint is None and status in (401, 403):
+        return "the upstream token may have expired or been revoked"
+    return hint
+
+
 def wrap_upstream_error(status: int, body: bytes, content_type: str) -> bytes:
-    """Relay an upstream error: JSON error bodies unchanged, others wrapped with a hint."""
+    """Relay an upstream error: JSON error bodies unchanged, others wrapped with a hint.
+
+    A 466 is always wrapped: no client knows that status, so the hint must reach it.
+    """
+    if status == API_VERSION_GONE:
+        message = upstream_message(status, body, content_type)
+        return error_body(status, f"upstream error {status}: {message}", code="upstream_error")
     if "json" in content_type:
         try:
             msgspec.json.decode(body)
@@ -170,14 +208,16 @@ def upstream_error_text(status: int, body: bytes, content_type: str) -> str:
             data = msgspec.json.decode(body)
             if isinstance(data, dict):
                 err = data.get("error", data)
+                msg: Any = None
                 if isinstance(err, dict):
                     msg = err.get("message") or err.get("code")
-                    if msg:
-                        return f"{status}: {msg}"
                 elif isinstance(err, str):
-                    return f"{status}: {err}"
-                if "message" in data:
-                    return f"{status}: {data['message']}"
+                    msg = err
+                if not msg and "message" in data:
+                    msg = data["message"]
+                if msg:
+                    hint = identity_hint(status, body, content_type)
+                    return f"{status}: {msg}" + (f" (hint: {hint})" if hint else "")
         except msgspec.DecodeError:
             pass
     text = body.decode("utf-8", "replace")
@@ -194,11 +234,13 @@ def upstream_message(status: int, body: bytes, content_type: str) -> str:
 
 
 __all__ = [
+    "API_VERSION_GONE",
     "Shape",
     "anthropic_error",
     "anthropic_error_type",
     "error_body",
     "hint_for",
+    "identity_hint",
     "is_anthropic_error",
     "openai_error",
     "openai_error_type",

@@ -63,6 +63,8 @@ class _Chunk(msgspec.Struct):
     usage: Usage | None = None
     choices: list[msgspec.Raw] | None = None
     error: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
+    # Copilot's cost, beside usage; raw so an odd shape cannot cost the chunk's usage
+    copilot_usage: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
 
 
 class ChatCompletion(msgspec.Struct):
@@ -70,6 +72,7 @@ class ChatCompletion(msgspec.Struct):
 
     model: str | None = None
     usage: Usage | None = None
+    copilot_usage: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
 
 
 _chunk_decoder = msgspec.json.Decoder(_Chunk)
@@ -135,6 +138,7 @@ class ChatStreamRelay:
     __slots__ = (
         "_buf",
         "_drop_usage",
+        "copilot_usage",
         "done",
         "error",
         "events",
@@ -147,6 +151,7 @@ class ChatStreamRelay:
         self._drop_usage = drop_usage_chunk
         self._buf = bytearray()
         self.usage: Usage | None = None
+        self.copilot_usage: bytes | None = None  # raw JSON of the last copilot_usage seen
         self.model: str | None = None
         self.error: bytes | None = None  # raw JSON of a mid-stream {"error": ...}
         self.done = False  # saw `data: [DONE]`
@@ -211,6 +216,8 @@ class ChatStreamRelay:
             self.error = bytes(chunk.error)
         if chunk.choices:
             self.first_content = True
+        if chunk.copilot_usage and bytes(chunk.copilot_usage) != b"null":
+            self.copilot_usage = bytes(chunk.copilot_usage)
         if chunk.usage is not None:
             self.usage = chunk.usage
             return self._drop_usage and not chunk.choices

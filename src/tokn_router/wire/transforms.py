@@ -13,6 +13,11 @@ the bytes for the client; on the side it collects what the ledger needs
 
 A *whole transform* does the same for an answer that is not streamed
 (:class:`ChatWhole`, :class:`NativeWhole`, :class:`TranslatedWhole`).
+
+Every transform also reads what the request cost when upstream says so
+(``copilot_usage``, see :mod:`tokn_router.wire.usage`); it comes back in
+:attr:`~tokn_router.wire.usage.TokenUsage.nano_aiu` of ``usage``, the
+translated paths included (the chat answer's cost is the request's cost).
 """
 
 from __future__ import annotations
@@ -26,15 +31,24 @@ import msgspec
 
 from tokn_router.errors import TranslationError
 from tokn_router.wire.errors import anthropic_error, error_body
-from tokn_router.wire.sse import ChatStreamRelay, EventScanner, completion_decoder, sse_event
+from tokn_router.wire.sse import (
+    ChatStreamRelay,
+    ChunkReader,
+    EventScanner,
+    completion_decoder,
+    sse_event,
+)
 from tokn_router.wire.translate import ChatToMessagesStream, ChatToResponsesStream
 from tokn_router.wire.translate.responses import response_object
 from tokn_router.wire.usage import (
     TokenUsage,
     UsageMerger,
     chat_usage,
+    copilot_nano_aiu,
     from_chat,
+    nano_aiu_json,
     responses_usage,
+    with_nano_aiu,
 )
 
 _decode = msgspec.json.decode
@@ -81,7 +95,7 @@ class ChatTransform:
 
     @property
     def usage(self) -> TokenUsage | None:
-        return from_chat(self.relay.usage)
+        return with_nano_aiu(from_chat(self.relay.usage), nano_aiu_json(self.relay.copilot_usage))
 
     @property
     def model(self) -> str | None:
@@ -123,11 +137,16 @@ class NativeStream:
     def __init__(self) -> None:
         self._scanner = EventScanner()
         self.first_content = False
-        self.usage: TokenUsage | None = None
+        self.tokens: TokenUsage | None = None
+        self.nano_aiu: int | None = None  # the cost, from any decoded event that carries it
         self.model: str | None = None
         self.error: str | None = None
         self.events = 0
         self._terminal = False  # the API's last event (or its own error event) went through
+
+    @property
+    def usage(self) -> TokenUsage | None:
+        return with_nano_aiu(self.tokens, self.nano_aiu)
 
     def feed(self, data: bytes) -> bytes:
         for name, payload in self._scanner.feed(data):
@@ -159,6 +178,10 @@ class NativeStream:
             obj = _json_object(payload)
             t = obj.get("type")
             kind = t if isinstance(t, str) else ""
+        if obj:
+            n = copilot_nano_aiu(obj)
+            if n is not None:
+                self.nano_aiu = n
         self._saw(kind, obj)
 
     def _wanted(self, kind: str) -> bool:
@@ -173,7 +196,8 @@ class NativeStream:
 
 
 class NativeMessagesStream(NativeStream):
-    _WANTED = frozenset({"message_start", "message_delta", "error"})
+    # message_stop too: the one event after the usage, where a cost may also come
+    _WANTED = frozenset({"message_start", "message_delta", "message_stop", "error"})
 
     def __init__(self) -> None:
         super().__init__()
@@ -196,13 +220,13 @@ class NativeMessagesStream(NativeStream):
                     self.model = msg["model"]
                 if isinstance(msg.get("usage"), dict):
                     self._usage.add(msg["usage"])
-                    self.usage = self._usage.usage()
+                    self.tokens = self._usage.usage()
         elif kind == "message_delta":
             # output_tokens is final here; newer upstreams repeat the input side too
             u = obj.get("usage")
             if isinstance(u, dict):
                 self._usage.add(u)
-                self.usage = self._usage.usage()
+                self.tokens = self._usage.usage()
         elif kind == "error":
             self._terminal = True
             err = obj.get("error")
@@ -250,7 +274,7 @@ class NativeResponsesStream(NativeStream):
             self._created = created if isinstance(created, int) else 0
         elif kind in ("response.completed", "response.incomplete", "response.failed"):
             self._terminal = True
-            self.usage = responses_usage(resp.get("usage")) or self.usage
+            self.tokens = responses_usage(resp.get("usage")) or self.tokens
             err = resp.get("error")
             if kind == "response.failed" and isinstance(err, dict):
                 self.error = f"upstream response failed: {err.get('message') or 'unknown'}"[:500]
@@ -277,12 +301,19 @@ Translator = ChatToMessagesStream | ChatToResponsesStream
 
 
 class TranslatedStream:
-    """A chat-completions SSE body translated event by event."""
+    """A chat-completions SSE body translated event by event.
+
+    The chunks are read here and fed to the translator one by one, so the cost
+    a chunk carries (``copilot_usage``, often in a chunk of its own after the
+    usage, which the translator does not look at) is seen too.
+    """
 
     def __init__(self, translator: Translator, error_event: bytes) -> None:
         self.t = translator
+        self._reader = ChunkReader()
         self._error_prefix = b"event: " + error_event + b"\n"
         self.error: str | None = None
+        self.nano_aiu: int | None = None
 
     @property
     def first_content(self) -> bool:
@@ -292,9 +323,13 @@ class TranslatedStream:
     def usage(self) -> TokenUsage | None:
         u = self.t.usage
         if u is None:
-            return None
+            return with_nano_aiu(None, self.nano_aiu)
         return TokenUsage(
-            input=u.prompt, output=u.completion, cache_read=u.cached, reasoning=u.reasoning
+            input=u.prompt,
+            output=u.completion,
+            cache_read=u.cached,
+            reasoning=u.reasoning,
+            nano_aiu=self.nano_aiu,
         )
 
     @property
@@ -310,11 +345,24 @@ class TranslatedStream:
                 )
         return b"".join(events)
 
+    def _feed(self, chunks: list[dict[str, Any]]) -> list[bytes]:
+        out: list[bytes] = []
+        for chunk in chunks:
+            n = copilot_nano_aiu(chunk)
+            if n is not None:
+                self.nano_aiu = n
+            out += self.t.feed(chunk)
+        return out
+
     def feed(self, data: bytes) -> bytes:
-        return self._out(self.t.feed_bytes(data))
+        return self._out(self._feed(self._reader.feed(data)))
 
     def flush(self) -> bytes:
-        return self._out(self.t.finish())
+        out = self._feed(self._reader.close())
+        if not self.t.ended and not self._reader.done and self.t.finish_reason is None:
+            # neither [DONE] nor a finish_reason: cut off, not complete
+            return self._out(out + self.t.error(_INCOMPLETE))
+        return self._out(out + self.t.finish())
 
     def fail(self, message: str) -> bytes:
         return self._out(self.t.error(message))
@@ -349,7 +397,7 @@ class ChatWhole:
             parsed = completion_decoder.decode(data)
         except msgspec.DecodeError:
             return data  # relayed as is: the client may make sense of it
-        self.usage = from_chat(parsed.usage)
+        self.usage = with_nano_aiu(from_chat(parsed.usage), nano_aiu_json(parsed.copilot_usage))
         self.model = parsed.model
         return data
 
@@ -370,7 +418,9 @@ class NativeWhole:
         except msgspec.DecodeError:
             return data  # relayed as is: the client may make sense of it
         if isinstance(parsed, dict):
-            self.usage = self._usage_of(parsed.get("usage"))
+            self.usage = with_nano_aiu(
+                self._usage_of(parsed.get("usage")), copilot_nano_aiu(parsed)
+            )
             if isinstance(parsed.get("model"), str):
                 self.model = parsed["model"]
         return data
@@ -397,7 +447,7 @@ class TranslatedWhole:
             raise TranslationError(
                 "upstream answer is not a JSON object", status=502, code="upstream_error"
             )
-        self.usage = chat_usage(chat.get("usage"))
+        self.usage = with_nano_aiu(chat_usage(chat.get("usage")), copilot_nano_aiu(chat))
         if isinstance(chat.get("model"), str) and chat["model"]:
             self.model = chat["model"]
         return msgspec.json.encode(self._translate(chat))

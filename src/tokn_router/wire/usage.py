@@ -20,6 +20,15 @@ from or went into the prompt cache. For Anthropic usage ``{input_tokens 10,
 cache_read_input_tokens 100, cache_creation_input_tokens 1000}`` that is
 ``input 1110, cache_read 100, cache_write 1000``.
 
+Copilot also says what a request cost: ``copilot_usage.total_nano_aiu`` (AI
+credits in billionths; 1 credit = 1e9 nano-AIU = $0.01). It sits beside
+``usage``, not inside it: at the top level of a chat completion or chunk (often
+a chunk of its own after the usage chunk), of a Responses event such as
+``response.completed`` or of a whole answer, and on a Messages stream's
+``message_delta`` (or inside ``message_start``'s ``message``).
+:func:`copilot_nano_aiu` reads it wherever it is; :attr:`TokenUsage.nano_aiu`
+carries it to the ledger.
+
 :class:`UsageSniffer` reads usage out of an answer we only relay (the MITM
 proxy's passthrough and switch modes); the agent handlers call the per-API
 functions directly. Best effort: an answer that cannot be read has no usage.
@@ -27,6 +36,7 @@ functions directly. Best effort: an answer that cannot be read has no usage.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,6 +55,7 @@ class TokenUsage(msgspec.Struct, frozen=True, kw_only=True):
     cache_read: int | None = None  # part of input read from the prompt cache
     cache_write: int | None = None  # part of input written to the prompt cache
     reasoning: int | None = None  # part of output spent on reasoning
+    nano_aiu: int | None = None  # what upstream billed (copilot_usage.total_nano_aiu)
 
 
 def _int(v: Any) -> int | None:
@@ -110,6 +121,54 @@ def from_chat(u: Usage | None) -> TokenUsage | None:
     )
 
 
+def _nano_of(cu: Any) -> int | None:
+    if not isinstance(cu, Mapping):
+        return None
+    n = cu.get("total_nano_aiu")
+    if isinstance(n, bool) or not isinstance(n, (int, float)) or not math.isfinite(n) or n < 0:
+        return None
+    return round(n)
+
+
+def copilot_nano_aiu(obj: Any) -> int | None:
+    """``copilot_usage.total_nano_aiu`` of a body or event, or None.
+
+    Looked up at the top level, then inside a ``response`` (Responses events) or
+    ``message`` (Messages ``message_start``) envelope.
+    """
+    if not isinstance(obj, Mapping):
+        return None
+    n = _nano_of(obj.get("copilot_usage"))
+    if n is not None:
+        return n
+    for key in ("response", "message"):
+        inner = obj.get(key)
+        if isinstance(inner, Mapping):
+            n = _nano_of(inner.get("copilot_usage"))
+            if n is not None:
+                return n
+    return None
+
+
+def nano_aiu_json(raw: bytes | None) -> int | None:
+    """:func:`copilot_nano_aiu` of a raw ``copilot_usage`` JSON value (the chat relay's)."""
+    if not raw:
+        return None
+    try:
+        return _nano_of(msgspec.json.decode(raw))
+    except msgspec.DecodeError:
+        return None
+
+
+def with_nano_aiu(u: TokenUsage | None, nano_aiu: int | None) -> TokenUsage | None:
+    """``u`` carrying ``nano_aiu`` (a bare cost when upstream sent no token counts)."""
+    if nano_aiu is None:
+        return u
+    if u is None:
+        return TokenUsage(nano_aiu=nano_aiu)
+    return msgspec.structs.replace(u, nano_aiu=nano_aiu)
+
+
 def usage_from(u: Any) -> TokenUsage | None:
     """Normalise one ``usage`` object of any of the three APIs (told apart by its keys)."""
     if not isinstance(u, Mapping):
@@ -125,19 +184,29 @@ def usage_from(u: Any) -> TokenUsage | None:
 
 
 class UsageMerger:
-    """Usage reported in parts (Anthropic streams): later non-null fields win."""
+    """Usage reported in parts (Anthropic streams): later non-null fields win.
 
-    __slots__ = ("_raw",)
+    The cost (:func:`copilot_nano_aiu`) is noted apart: it is not a ``usage`` field.
+    """
+
+    __slots__ = ("_raw", "nano_aiu")
 
     def __init__(self) -> None:
         self._raw: dict[str, Any] = {}
+        self.nano_aiu: int | None = None
 
     def add(self, u: Any) -> None:
         if isinstance(u, Mapping):
             self._raw.update({k: v for k, v in u.items() if v is not None})
 
+    def note_cost(self, obj: Any) -> None:
+        """Keep the cost ``obj`` (a body or an event) carries, if any; the last one wins."""
+        n = copilot_nano_aiu(obj)
+        if n is not None:
+            self.nano_aiu = n
+
     def usage(self) -> TokenUsage | None:
-        return usage_from(self._raw) if self._raw else None
+        return with_nano_aiu(usage_from(self._raw) if self._raw else None, self.nano_aiu)
 
 
 class UsageSniffer:
@@ -189,6 +258,7 @@ class UsageSniffer:
             self.model = model
         u = holder.get("usage")
         self._usage.add(u if isinstance(u, dict) else obj.get("usage"))
+        self._usage.note_cost(obj)
 
 
 __all__ = [
@@ -197,7 +267,10 @@ __all__ = [
     "UsageSniffer",
     "anthropic_usage",
     "chat_usage",
+    "copilot_nano_aiu",
     "from_chat",
+    "nano_aiu_json",
     "responses_usage",
     "usage_from",
+    "with_nano_aiu",
 ]

@@ -17,6 +17,7 @@ from tokn_router.accounts import identity
 from tokn_router.accounts.providers.base import Credential
 from tokn_router.accounts.schema import GithubConfig
 from tokn_router.errors import AuthError, UpstreamError
+from tokn_router.wire.errors import identity_hint
 
 CLIENT_ID = "Iv1.b507a08c87ecfe98"
 SCOPE = "read:user"
@@ -117,13 +118,14 @@ def poll_step(status: int, body: bytes, interval: float) -> str | float:
 
 def exchange_headers(github_token: str) -> dict[str, str]:
     """Headers of ``GET /copilot_internal/v2/token``, as the editor plugin sends them."""
+    ident = identity.current().values  # the packaged set, or [identity] over it
     return {
         "Authorization": f"token {github_token}",
         "Accept": "application/json",
-        "X-GitHub-Api-Version": identity.TOKEN_API_VERSION,
-        "Editor-Version": identity.EDITOR_VERSION,
-        "Editor-Plugin-Version": identity.EDITOR_PLUGIN_VERSION,
-        "User-Agent": identity.USER_AGENT,
+        "X-GitHub-Api-Version": ident.token_api_version,
+        "Editor-Version": ident.editor_version,
+        "Editor-Plugin-Version": ident.editor_plugin_version,
+        "User-Agent": ident.user_agent,
     }
 
 
@@ -148,6 +150,14 @@ def exchange_error(status: int, body: bytes) -> AuthError:
             text += f": {message}"
     else:
         text = f"Copilot token exchange failed ({status})" + (f": {message}" if message else "")
+    hint = identity_hint(
+        status,
+        body,
+        "text/html" if text_body.lstrip()[:1] == "<" else "",
+        version_key="identity.token_api_version",
+    )
+    if hint:
+        text += f" (hint: {hint})"
     return AuthError(text, status=status, body=text_body)
 
 
@@ -175,10 +185,11 @@ def credential_from_exchange(status: int, body: bytes) -> Credential:
 
 def quota_headers(github_token: str) -> dict[str, str]:
     """Headers of ``GET /copilot_internal/user`` (plan and quota snapshots)."""
+    ident = identity.current().values
     return {
         "Authorization": f"token {github_token}",
         "Accept": "application/json",
-        "X-GitHub-Api-Version": identity.TOKEN_API_VERSION,
-        "Editor-Version": identity.EDITOR_VERSION,
-        "User-Agent": identity.USER_AGENT,
+        "X-GitHub-Api-Version": ident.token_api_version,
+        "Editor-Version": ident.editor_version,
+        "User-Agent": ident.user_agent,
     }
