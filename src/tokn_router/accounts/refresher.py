@@ -126,6 +126,12 @@ class Refresher:
                 log.warning("account %s: could not persist the refreshed token: %s", st.id, e)
             return True
 
+    def _hold(self, st: AccountState) -> float:
+        # counted as at least one failure: a request-time attempt right after a
+        # reset must not leave the account open to an exchange per request
+        delay = backoff_delay(max(st.exchange_failures, 1), self.retry_first, self.retry_cap)
+        return min(delay, self.request_retry)
+
     def _failed(self, st: AccountState, reason: str, background: bool) -> None:
         if background:
             st.exchange_failures += 1
@@ -135,7 +141,7 @@ class Refresher:
         if cred is not None and (left is None or left > EXPIRY_MARGIN_SECS):
             # the current token still works: keep serving with it and try
             # again later, not on every request
-            st.refresh_at = now + min(max(self.retry_delay(st), 1.0), self.request_retry)
+            st.refresh_at = now + self._hold(st)
             log.warning(
                 "account %s: token refresh failed (the current token still works): %s",
                 st.id,
@@ -143,8 +149,8 @@ class Refresher:
             )
             self.pool.credential_failed(st, reason, None)
             return
-        hold = min(max(self.retry_delay(st), 1.0), self.request_retry)
-        log.warning("account %s: %s; retrying in %.0fs", st.id, reason, hold)
+        hold = self._hold(st)
+        log.warning("account %s: %s (held back for %.0fs)", st.id, reason, hold)
         self.pool.credential_failed(st, reason, hold)
 
     async def _mint(self, st: AccountState) -> Credential:
