@@ -29,6 +29,7 @@ FACES: dict[str, list[str]] = {
         "pool",
         "providers",
         "refresher",
+        "resets",
         "schema",
         "token_sources",
         "window_store",

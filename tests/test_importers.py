@@ -234,7 +234,7 @@ def test_find_token_usage_errors() -> None:
         (404, "cannot be exchanged for a Copilot token (404)"),
         (401, "GitHub rejected the token (401)"),
         (403, "403, no_copilot_access"),
-        (500, "Copilot token exchange failed (500)"),
+        (500, "Copilot token exchange failed: HTTP 500"),
     ],
 )
 def test_verify_copilot_failures(fake: FakeUpstream, status: int, message: str) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
 from tokn_router.accounts import identity
 from tokn_router.accounts.providers import PROVIDERS, RequestInfo
+from tokn_router.accounts.providers import github as gh
 from tokn_router.accounts.providers.base import Credential
 from tokn_router.accounts.providers.copilot import (
     DEFAULT_API_BASE,
@@ -351,3 +353,38 @@ def test_zai_providers(pid: str, default_base: str) -> None:
     assert p.headers(acc, "sk-1", RequestInfo(request_id="r"))["Authorization"] == "Bearer sk-1"
     assert p.transform_request({"model": "glm-4.7"})["thinking"] == THINKING
     assert "glm-4.7" in p.static_models
+
+
+# ------------------------------------------------------- token exchange answers
+
+
+@pytest.mark.parametrize(
+    ("endpoints", "expected"),
+    [
+        (
+            {"api": "https://api.enterprise.githubcopilot.com"},
+            "https://api.enterprise.githubcopilot.com",
+        ),
+        ({"api": "http://127.0.0.1:9999"}, "http://127.0.0.1:9999"),
+        ({"api": "api.example.com"}, None),  # not a URL: never used as one
+        ({"api": 42}, None),
+        ({}, None),
+        (None, None),
+    ],
+)
+def test_exchange_endpoint_is_read(endpoints: Any, expected: str | None) -> None:
+    body: dict[str, Any] = {"token": "tid=1;proxy-ep=proxy.individual.githubcopilot.com:x"}
+    body["expires_at"] = 2_000_000_000
+    if endpoints is not None:
+        body["endpoints"] = endpoints
+    cred = gh.credential_from_exchange(200, json.dumps(body).encode())
+    assert cred.api_base == expected
+    # the endpoint the exchange named beats the proxy-ep guess
+    base = PROVIDERS["github-copilot"].base_url(Account(id="a"), cred)
+    assert base == (expected or "https://api.individual.githubcopilot.com")
+
+
+def test_exchange_error_names_the_status() -> None:
+    err = gh.exchange_error(500, b'{"message": "fake failure 500"}')
+    assert str(err) == "Copilot token exchange failed: HTTP 500 (fake failure 500)"
+    assert str(gh.exchange_error(502, b"")) == "Copilot token exchange failed: HTTP 502"

@@ -369,3 +369,132 @@ def test_compressed_upstream_stream_is_decoded(
         text = r.read().decode()
     assert '"content":"zip"' in text and "[DONE]" in text
     assert '"usage"' not in text  # the usage chunk was still found and hidden
+
+
+# ------------------------------------------------------------------ shutdown
+
+
+def test_sigterm_with_idle_keepalive_clients_exits_at_once(
+    fake: FakeUpstream, one_account: None, daemon, env_home
+) -> None:
+    # agents keep their connections open between requests: that must not hold the
+    # shutdown for shutdown_grace_secs (10 s), on either listener
+    import time
+
+    import openai
+
+    from tests.helpers import ledger_rows
+
+    d = daemon("--with-proxy", "--proxy-port", "0")
+    api = openai.OpenAI(base_url=d.url + "/v1", api_key="x", max_retries=0)
+    proxy = httpx.Client(base_url=d.proxy_url, timeout=20)
+    idle = socket.create_connection(("127.0.0.1", int(d.proxy_url.rsplit(":", 1)[1])))
+    try:
+        api.chat.completions.create(**chat_body())
+        assert proxy.get("/").status_code == 200  # the proxy's help page, kept alive
+        started = time.monotonic()
+        d.send_signal(signal.SIGTERM)
+        assert d.wait_exit(20) == 0
+        took = time.monotonic() - started
+    finally:
+        api.close()
+        proxy.close()
+        idle.close()
+    assert took < 1.0, f"SIGTERM took {took:.1f}s with idle keep-alive clients"
+    assert [r["status"] for r in ledger_rows(env_home.state_dir)] == [200]
+
+
+def test_idle_keepalive_connection_is_closed_on_shutdown(one_account: None, daemon) -> None:
+    # the server closes the idle connection itself (hypercorn's keep-alive timer
+    # works again), so the client sees EOF, not a reset at process exit
+    d = daemon()
+    host, port = d.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        got = b""
+        while b"\r\n\r\n" not in got:
+            got += s.recv(65536)
+        head, _, body = got.partition(b"\r\n\r\n")
+        length = int(
+            next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")).split(
+                b":"
+            )[1]
+        )
+        while len(body) < length:
+            body += s.recv(65536)
+        d.send_signal(signal.SIGTERM)
+        rest = s.recv(65536)  # blocks until the server closes the connection
+        assert rest == b""
+    assert d.wait_exit(10) == 0
+
+
+def test_shutdown_cut_streams_end_with_error_events(
+    fake: FakeUpstream, write_config, daemon, env_home
+) -> None:
+    from tests.helpers import ledger_rows
+
+    write_config(
+        {
+            "server": {"shutdown_grace_secs": 1},
+            "accounts": [fake.copilot_account("alice", "gho_alice")],
+        }
+    )
+    d = daemon()
+    # each upstream sends two deltas, then falls silent: still in flight at SIGTERM
+    for path in (CHAT, "/v1/messages", "/responses"):
+        fake.script(path, chunks=6, hang_after=2)
+    requests = {
+        "chat": ("/v1/chat/completions", chat_body(stream=True)),
+        "messages": (
+            "/v1/messages",
+            {
+                "model": "claude-sonnet-4.5",
+                "max_tokens": 64,
+                "messages": [{"role": "user", "content": "hi"}],
+                "stream": True,
+            },
+        ),
+        "responses": ("/v1/responses", {"model": "gpt-4.1", "input": "hi", "stream": True}),
+    }
+    texts: dict[str, str] = {}
+    started = threading.Barrier(len(requests) + 1, timeout=20)
+
+    def consume(name: str) -> None:
+        path, body = requests[name]
+        with httpx.stream("POST", d.url + path, json=body, timeout=30) as r:
+            assert r.status_code == 200
+            it = r.iter_bytes()
+            first = next(it)
+            started.wait()
+            texts[name] = (first + b"".join(it)).decode()
+
+    threads = [threading.Thread(target=consume, args=(n,)) for n in requests]
+    for t in threads:
+        t.start()
+    started.wait()
+    d.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join(30)
+    assert d.wait_exit(20) == 0
+    assert set(texts) == set(requests)
+
+    def events(text: str) -> list[tuple[str | None, dict]]:
+        out = []
+        for block in text.split("\n\n"):
+            name = next((ln[7:] for ln in block.splitlines() if ln.startswith("event: ")), None)
+            data = next((ln[6:] for ln in block.splitlines() if ln.startswith("data: ")), None)
+            if data and data != "[DONE]":
+                out.append((name, json.loads(data)))
+        return out
+
+    chat_last = events(texts["chat"])[-1][1]
+    assert chat_last["error"]["message"] == "server shutting down"
+    name, data = events(texts["messages"])[-1]
+    assert name == "error" and data["type"] == "error"
+    assert data["error"]["message"] == "server shutting down"
+    name, data = events(texts["responses"])[-1]
+    assert name == "response.failed"
+    assert data["response"]["error"]["message"] == "server shutting down"
+    rows = ledger_rows(env_home.state_dir)
+    assert len(rows) == 3
+    assert {r["request_error"] for r in rows} == {"server shutting down"}

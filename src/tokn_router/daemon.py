@@ -17,10 +17,13 @@ requires them unless ``[server] auth = "none"``; on loopback they are optional
 unless ``auth = "keys"``. Spending is read back from the ledger at start-up, so
 budgets survive a restart.
 
-Shutdown: the listeners stop accepting and give in-flight requests
-``server.shutdown_grace_secs``; then the services nursery is cancelled, the
-ledger channel closed, and the writer flushes every row before the process
-exits 0.
+Shutdown: the listeners stop accepting and close idle keep-alive
+connections at once; requests in flight get ``server.shutdown_grace_secs``.
+Streams still running then are cut by cancelling their pumps, which ends each
+with its API's error event (``server shutting down``, see
+:mod:`tokn_router.serve.pump`); hypercorn's own deadline, a moment later, bounds
+the rest. Then the services nursery is cancelled, the ledger channel closed,
+and the writer flushes every row before the process exits 0.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from hypercorn.config import Config as HConfig
 
 from tokn_router._version import __version__
 from tokn_router.accounts import config as config_mod
-from tokn_router.accounts import identity, window_store
+from tokn_router.accounts import identity, resets, window_store
 from tokn_router.accounts.config import Config, ConfigFile, ProxyModeConfig
 from tokn_router.accounts.pool import AccountState, Pool
 from tokn_router.accounts.providers.base import Credential
@@ -72,6 +75,48 @@ from tokn_router.usage.record import RequestRecord
 log = logging.getLogger("tokn_router.daemon")
 
 WINDOWS_SAVE_DELAY = 1.0  # seconds: coalesce a burst of window changes into one write
+
+# After the grace period, how long the cut streams get to send their error event
+# before hypercorn cancels whatever is left.
+CUT_MARGIN_SECS = 1.0
+
+
+class KeepAliveSafe:
+    """ASGI wrapper: lets hypercorn close idle keep-alive connections (quart-trio).
+
+    hypercorn tells the app ``http.disconnect`` from inside the send of the
+    last body chunk, where it recycles the connection for the next request.
+    quart-trio cancels the request on that message, and the cancellation lands
+    in hypercorn's own bookkeeping that arms the keep-alive timer: such a
+    connection is then never closed by the server, neither after
+    ``keep_alive_timeout`` nor at shutdown (which then waits out the whole
+    grace period for a client that is merely connected). A disconnect that
+    arrives once the response is complete means nothing to the app, so it is
+    held back; the request ends on its own as soon as that send returns.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("type") != "http":
+            await self.app(scope, receive, send)
+            return
+        done = False
+
+        async def send_(message: Any) -> None:
+            nonlocal done
+            if message.get("type") == "http.response.body" and not message.get("more_body"):
+                done = True
+            await send(message)
+
+        async def receive_() -> Any:
+            message = await receive()
+            if done and message.get("type") == "http.disconnect":
+                await trio.sleep_forever()
+            return message
+
+        await self.app(scope, receive_, send_)
 
 
 @dataclass(frozen=True)
@@ -220,6 +265,13 @@ class Daemon:
         saved_windows, _ = window_store.load(self._windows_path)
         self.pool.restore_windows(saved_windows)
         self.refresher = Refresher(self.pool, self.client, self.cfg.github, self._persist)
+        self._resets_path = resets.path_for(opts.config_path)
+        self._resets_stat = self._stat(self._resets_path)
+        self._resets_seen: dict[str, float] = {}
+        self._started = time.time()
+        # per-request helper tasks (stream pumps), cut when the grace period ends
+        self._helper_scopes: set[trio.CancelScope] = set()
+        self._helpers_cut = False
         self.relay = Relay(self.pool, self.refresher, self.client)
         # a broken key store stops the start: serving without the keys it holds
         # would shut out (or, on loopback, mislabel) every client
@@ -296,18 +348,37 @@ class Daemon:
                     self._banner(url, proxy_url)
                     services.start_soon(self._watch_config)
                     await self.shutdown.wait()
-                    if self.opts.api:
-                        await self._api_done.wait()
-                    if self._modes is not None:
-                        # proxied requests in flight get the same grace period
-                        with trio.move_on_after(self.cfg.server.shutdown_grace_secs):
-                            await self._modes.idle.wait()
+                    await self._drain()
                     services.cancel_scope.cancel()
             finally:
                 # every request has reported by now: let the writer flush and end
                 self._ledger.close()
                 with trio.CancelScope(shield=True):
                     await self._write_windows()
+
+    async def _requests_done(self) -> None:
+        if self.opts.api:
+            await self._api_done.wait()
+        if self._modes is not None:
+            await self._modes.idle.wait()
+
+    async def _drain(self) -> None:
+        """Give the requests in flight (both listeners) the grace period, then cut them.
+
+        hypercorn closes idle connections the moment the shutdown trigger fires
+        (see KeepAliveSafe); the proxy listener's idle connections end with the
+        services nursery right after this.
+        """
+        grace = self.cfg.server.shutdown_grace_secs
+        with trio.move_on_after(grace):
+            await self._requests_done()
+            return
+        # streams still running end with an error event instead of a silent cut
+        self._helpers_cut = True
+        for scope in list(self._helper_scopes):
+            scope.cancel()
+        with trio.move_on_after(CUT_MARGIN_SECS + 1.0):
+            await self._requests_done()
 
     async def _start_proxy(self, nursery: trio.Nursery, svc: Services) -> str:
         self._modes = ProxyModes(
@@ -373,7 +444,9 @@ class Daemon:
         hcfg.bind = [f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"]
         hcfg.accesslog = None
         hcfg.errorlog = logging.getLogger("hypercorn.error")
-        hcfg.graceful_timeout = self.cfg.server.shutdown_grace_secs
+        # the daemon cuts streams at the end of the grace period itself (_drain);
+        # hypercorn's deadline only catches what is left a moment later
+        hcfg.graceful_timeout = self.cfg.server.shutdown_grace_secs + CUT_MARGIN_SECS
         hcfg.keep_alive_timeout = 75
         # hypercorn defaults to 100: a burst of agents connecting at once would
         # overflow the accept queue and wait seconds for a retry
@@ -385,7 +458,10 @@ class Daemon:
         async def run_api(task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
             try:
                 await hypercorn_trio.serve(
-                    app, hcfg, shutdown_trigger=self.shutdown.wait, task_status=task_status
+                    KeepAliveSafe(app),
+                    hcfg,
+                    shutdown_trigger=self.shutdown.wait,
+                    task_status=task_status,
                 )
             finally:
                 self._api_done.set()
@@ -458,9 +534,9 @@ class Daemon:
 
     # --------------------------------------------------------------- config
 
-    def _stat(self) -> tuple[int, int, int] | None:
+    def _stat(self, path: Path | None = None) -> tuple[int, int, int] | None:
         try:
-            st = os.stat(self.opts.config_path)
+            st = os.stat(path or self.opts.config_path)
         except OSError:
             return None
         return (st.st_mtime_ns, st.st_size, st.st_ino)
@@ -477,6 +553,21 @@ class Daemon:
                 last = cur
                 if cur is not None:
                     self.reload()
+            cur_resets = self._stat(self._resets_path)
+            if cur_resets != self._resets_stat:
+                self._resets_stat = cur_resets
+                self._apply_resets()
+
+    def _apply_resets(self) -> None:
+        """Reset the accounts `tokn-router account reset` stamped since this daemon started."""
+        stamps = resets.read(self._resets_path)
+        for account_id in resets.due(stamps, self._resets_seen, self._started):
+            self._resets_seen[account_id] = stamps[account_id]
+            st = self.pool.find(account_id)
+            if st is None:
+                continue
+            self.pool.reset(st)
+            log.info("account %s reset: cooldown and last error cleared", account_id)
 
     def reload(self) -> None:
         try:
@@ -522,6 +613,8 @@ class Daemon:
                 account_id,
                 access_token=cred.token,
                 access_token_expires_at=cred.expires_at,
+                # where the exchange said the API is: a restart must not guess it
+                api_base_url=cred.api_base,
             )
 
         await trio.to_thread.run_sync(self.file.update, edit)
@@ -547,9 +640,22 @@ class Daemon:
         self._windows_saved = version
 
     def _spawn(self, fn: Any) -> None:
-        # Per-request helper tasks (stream pumps) belong to the services nursery.
+        # Per-request helper tasks (stream pumps) belong to the services nursery,
+        # each in a scope _drain cancels when the grace period is over.
         assert self._services is not None
-        self._services.start_soon(fn)
+        scope = trio.CancelScope()
+        if self._helpers_cut:
+            scope.cancel()
+
+        async def helper() -> None:
+            self._helper_scopes.add(scope)
+            try:
+                with scope:
+                    await fn()
+            finally:
+                self._helper_scopes.discard(scope)
+
+        self._services.start_soon(helper)
 
     # ---------------------------------------------------------------- usage
 

@@ -11,6 +11,7 @@ __all__ = [
     "pool",
     "providers",
     "refresher",
+    "resets",
     "schema",
     "token_sources",
     "window_store",

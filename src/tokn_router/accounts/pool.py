@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import trio
 
 from tokn_router.accounts import providers
@@ -43,6 +44,11 @@ class AccountState:
     refresh_at: float = 0.0  # wall-clock time the credential should be replaced
     cooldown_until: float = 0.0  # wall-clock seconds
     failures: int = 0
+    # The token exchange failed and no usable token is left: requests skip the
+    # account until then. Kept apart from cooldown_until (an upstream verdict
+    # such as a 429) because a minted credential ends it at once.
+    credential_hold_until: float = 0.0
+    exchange_failures: int = 0  # consecutive failed exchanges (the refresher's back-off)
     disabled_reason: str | None = None
     last_error: str | None = None
     models: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> upstream entry
@@ -70,7 +76,11 @@ class AccountState:
 
     def available_at(self, now: float, premium: bool = True) -> float:
         """When the account takes such a request again (<= now: it does)."""
-        return max(self.cooldown_until, self.windows.exhausted_until(now, premium=premium))
+        return max(
+            self.cooldown_until,
+            self.credential_hold_until,
+            self.windows.exhausted_until(now, premium=premium),
+        )
 
     def serves(self, model: str) -> bool:
         if self.models:
@@ -164,12 +174,43 @@ def _initial_credential(account: Account, provider: Provider) -> Credential | No
     if provider.needs_refresh():
         if account.access_token:
             return Credential(
-                token=account.access_token, expires_at=account.access_token_expires_at
+                token=account.access_token,
+                expires_at=account.access_token_expires_at,
+                api_base=account.api_base_url,
             )
         return None
     if account.api_key:
         return Credential(token=account.api_key)
     return None
+
+
+# Fields the daemon writes back itself after a token exchange: a change in them
+# is not an edit by the user.
+_MINTED_FIELDS = {"access_token": None, "access_token_expires_at": None, "api_base_url": None}
+
+
+def _edited(old: Account, new: Account) -> bool:
+    return msgspec.structs.replace(old, **_MINTED_FIELDS) != msgspec.structs.replace(
+        new, **_MINTED_FIELDS
+    )
+
+
+def _install_stored(st: AccountState) -> None:
+    """Install the credential stored in the config.
+
+    A stored Copilot token without the endpoint its exchange named is
+    exchanged again at once: the API base guessed from the token's
+    ``proxy-ep`` is only the last resort (used while GitHub is unreachable).
+    """
+    cred = _initial_credential(st.account, st.provider)
+    st.set_credential(cred)
+    if (
+        cred is not None
+        and st.provider.needs_refresh()
+        and cred.api_base is None
+        and not st.account.base_url
+    ):
+        st.refresh_at = 0.0
 
 
 class Pool:
@@ -189,8 +230,10 @@ class Pool:
         """Adopt a (re)loaded config; returns (added, removed) states.
 
         Existing accounts keep their live credential, cooldown and model list
-        unless their credentials changed in the file. In-flight requests hold
-        their own reference, so removed accounts finish what they serve.
+        unless their credentials changed in the file; an account whose table
+        was edited (beyond the minted token the daemon itself writes back)
+        also loses its cooldown and error. In-flight requests hold their own
+        reference, so removed accounts finish what they serve.
         """
         self.cfg = cfg
         old = {s.id: s for s in self.states}
@@ -204,7 +247,7 @@ class Pool:
                     st.removed = True
                     old[acc.id + "\0replaced"] = st
                 st = AccountState(account=acc, provider=prov)
-                st.set_credential(_initial_credential(acc, prov))
+                _install_stored(st)
                 if acc.id in self._restored:
                     st.windows = Windows.load(self._restored.pop(acc.id))
                 added.append(st)
@@ -219,13 +262,16 @@ class Pool:
                         and acc.access_token != st.account.access_token
                     )
                 )
+                edited = _edited(st.account, acc)
                 st.account = acc
                 if creds_changed:
-                    st.set_credential(_initial_credential(acc, prov))
-                    st.disabled_reason = None
+                    _install_stored(st)
                     st.models = {}
                     st.models_fetched_at = 0.0
-                    st.wake.set()
+                if creds_changed or edited:
+                    # a fixed account starts fresh: its old cooldown and error
+                    # were about the account as it was
+                    self.reset(st)
             new_states.append(st)
         removed = list(old.values())
         for st in removed:
@@ -298,6 +344,33 @@ class Pool:
 
     def succeeded(self, st: AccountState) -> None:
         st.failures = 0
+        st.last_error = None
+
+    def reset(self, st: AccountState) -> None:
+        """Forget an account's cooldown, error and back-off; its refresher retries at once."""
+        st.cooldown_until = 0.0
+        st.failures = 0
+        st.credential_hold_until = 0.0
+        st.exchange_failures = 0
+        st.disabled_reason = None
+        st.last_error = None
+        if st.credential is None or st.credential.token is None:
+            st.refresh_at = 0.0
+        st.wake.set()
+
+    def credential_failed(self, st: AccountState, reason: str, hold: float | None) -> None:
+        """The token exchange failed; with ``hold``, skip the account that long.
+
+        A hold is not an upstream failure: it does not grow :meth:`cool_down`'s
+        back-off, and a credential minted later ends it at once.
+        """
+        st.last_error = reason
+        if hold is not None:
+            st.credential_hold_until = time.time() + hold
+
+    def credential_minted(self, st: AccountState) -> None:
+        st.credential_hold_until = 0.0
+        st.exchange_failures = 0
         st.last_error = None
 
     def cool_down(self, st: AccountState, retry_after: float | None, reason: str) -> float:

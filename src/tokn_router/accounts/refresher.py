@@ -5,6 +5,13 @@ before it expires and re-reads its ``/models`` every ten minutes. The request
 path calls :meth:`Refresher.refresh` after an upstream 401; the refresh is
 single-flight per account, so concurrent 401s trigger one exchange and the
 others reuse its result.
+
+A failed exchange (GitHub down, a 5xx) is retried in the background with a
+capped exponential back-off. While no usable token is left the account is
+held back, for at most ``request_retry`` seconds at a time: after that a
+request may try the exchange once more, so an account comes back soon after
+GitHub does even deep into the back-off. Such request-time attempts do not
+grow the back-off: clients hammering an account cannot push its recovery out.
 """
 
 from __future__ import annotations
@@ -26,6 +33,21 @@ from tokn_router.errors import AuthError, ToknError, UpstreamError
 log = logging.getLogger("tokn_router.pool")
 
 MODELS_TTL_SECS = 600.0
+# Back-off of the background exchange retries: 5 s, 10 s, 20 s ... capped at 5 min.
+RETRY_FIRST_SECS = 5.0
+RETRY_CAP_SECS = 300.0
+# The longest a failing account is held back before a request may retry the exchange.
+REQUEST_RETRY_SECS = 30.0
+# A token this close to expiry no longer counts as usable when a refresh fails.
+EXPIRY_MARGIN_SECS = 60.0
+
+
+def backoff_delay(failures: int, first: float, cap: float) -> float:
+    """Seconds before background retry number ``failures`` (1 = the first retry)."""
+    if failures <= 0:
+        return 0.0
+    return min(cap, first * 2 ** min(failures - 1, 32))
+
 
 Persist = Callable[[str, Credential], Awaitable[None]]
 """Stores a refreshed credential (the daemon writes it to the config file)."""
@@ -47,18 +69,32 @@ class Refresher:
         client: httpx.AsyncClient,
         github: GithubConfig,
         persist: Persist,
+        *,
+        retry_first: float = RETRY_FIRST_SECS,
+        retry_cap: float = RETRY_CAP_SECS,
+        request_retry: float = REQUEST_RETRY_SECS,
     ) -> None:
         self.pool = pool
         self.client = client
         self.github = github
         self.persist = persist
+        self.retry_first = retry_first
+        self.retry_cap = retry_cap
+        self.request_retry = request_retry
 
-    async def refresh(self, st: AccountState, *, seen_generation: int | None = None) -> bool:
+    def retry_delay(self, st: AccountState) -> float:
+        """When the background task tries a failing exchange again."""
+        return backoff_delay(st.exchange_failures, self.retry_first, self.retry_cap)
+
+    async def refresh(
+        self, st: AccountState, *, seen_generation: int | None = None, background: bool = False
+    ) -> bool:
         """Refresh one account's credential once, single-flight.
 
         When ``seen_generation`` is given and another task already replaced
         that credential, the refresh is skipped and the new one reused.
-        Returns True when a usable credential is in place.
+        Only ``background`` attempts (the account's own task) count towards
+        the retry back-off. Returns True when a usable credential is in place.
         """
         if not st.provider.needs_refresh():
             return st.token() is not None
@@ -73,27 +109,58 @@ class Refresher:
                         st.disabled_reason = str(e)
                         log.error("account %s disabled: %s", st.id, e)
                 else:
-                    st.last_error = str(e)
-                    log.warning("account %s: token refresh failed: %s", st.id, e)
+                    self._failed(st, str(e), background)
                 return False
-            except (UpstreamError, httpx.HTTPError) as e:
-                st.last_error = f"token refresh failed: {e}"
-                log.warning("account %s: token refresh failed: %s", st.id, e)
+            except UpstreamError as e:
+                self._failed(st, str(e), background)
+                return False
+            except httpx.HTTPError as e:
+                self._failed(st, f"token exchange failed: {type(e).__name__}: {e}", background)
                 return False
             st.set_credential(cred)
-            st.last_error = None
+            self.pool.credential_minted(st)
+            st.wake.set()  # the account's task reads the model list now
             try:
                 await self.persist(st.id, cred)
             except ToknError as e:
                 log.warning("account %s: could not persist the refreshed token: %s", st.id, e)
             return True
 
+    def _hold(self, st: AccountState) -> float:
+        # counted as at least one failure: a request-time attempt right after a
+        # reset must not leave the account open to an exchange per request
+        delay = backoff_delay(max(st.exchange_failures, 1), self.retry_first, self.retry_cap)
+        return min(delay, self.request_retry)
+
+    def _failed(self, st: AccountState, reason: str, background: bool) -> None:
+        if background:
+            st.exchange_failures += 1
+        now = time.time()
+        cred = st.credential
+        left = None if cred is None or cred.expires_at is None else cred.expires_at - now
+        if cred is not None and (left is None or left > EXPIRY_MARGIN_SECS):
+            # the current token still works: keep serving with it and try
+            # again later, not on every request
+            st.refresh_at = now + self._hold(st)
+            log.warning(
+                "account %s: token refresh failed (the current token still works): %s",
+                st.id,
+                reason,
+            )
+            self.pool.credential_failed(st, reason, None)
+            return
+        hold = self._hold(st)
+        log.warning("account %s: %s (held back for %.0fs)", st.id, reason, hold)
+        self.pool.credential_failed(st, reason, hold)
+
     async def _mint(self, st: AccountState) -> Credential:
         req = st.provider.refresh_request(st.account, self.github)
         try:
             resp = await self.client.get(req.url, headers=req.headers)
         except httpx.HTTPError as e:
-            raise UpstreamError(f"cannot reach {req.url}: {type(e).__name__}: {e}") from None
+            raise UpstreamError(
+                f"token exchange failed: cannot reach {req.url}: {type(e).__name__}: {e}"
+            ) from None
         return st.provider.parse_refresh(resp.status_code, resp.content)
 
     async def fetch_models(self, st: AccountState) -> None:
@@ -120,22 +187,19 @@ class Refresher:
 
     async def run_account(self, st: AccountState) -> None:
         """One account's background task: keep the credential fresh, list models."""
-        backoff = 5.0
         while not st.removed:
             if st.disabled_reason or not st.account.enabled:
                 st.ready.set()
                 await self._wait(st, None)
                 continue
             if st.needs_credential():
-                ok = await self.refresh(st)
+                ok = await self.refresh(st, background=True)
                 if not ok:
                     st.ready.set()
                     if st.disabled_reason:
                         continue
-                    await self._wait(st, backoff)
-                    backoff = min(backoff * 2, 300.0)
+                    await self._wait(st, self.retry_delay(st))
                     continue
-                backoff = 5.0
             if not st.models or time.monotonic() - st.models_fetched_at > MODELS_TTL_SECS:
                 await self.fetch_models(st)
             st.ready.set()

@@ -130,6 +130,8 @@ class Account(_Base):
     refresh_token: str | None = None
     access_token: str | None = None
     access_token_expires_at: int | None = None
+    # the API base the token exchange named (endpoints.api), stored with the token
+    api_base_url: str | None = None
     refresh_url: str | None = None
     api_key: str | None = None
     base_url: str | None = None

@@ -11,7 +11,7 @@ import msgspec
 from cyclopts import App, Parameter
 
 from tokn_router import redact
-from tokn_router.accounts import config, config_ops, identity, window_store
+from tokn_router.accounts import config, config_ops, identity, resets, window_store
 from tokn_router.accounts.config import Account, Config
 from tokn_router.accounts.providers import PROVIDERS, Credential, RequestInfo, copilot
 from tokn_router.accounts.providers import github as gh
@@ -179,6 +179,33 @@ def remove(account_id: str, /, *, yes: Yes = False) -> int:
     cfg_file.update(lambda doc: config.remove_account(doc, account_id))
     print(f"Removed account '{account_id}'.")
     return 0
+
+
+@account_app.command
+def reset(account_id: str, /) -> None:
+    """Clear an account's cooldown and last error in the running daemon(s).
+
+    Cooldowns live in the daemon's memory. This stamps the account in
+    account-resets.json next to the config; every daemon using this config
+    (serve, proxy start) checks that file each second, like the config
+    itself, and resets the account: no cooldown, no error, no token-exchange
+    back-off, and a disabled account's credential is tried again at once.
+    Editing the account in the config (e.g. `config set --account ID ...`)
+    does the same. A daemon started later starts fresh anyway.
+
+    Parameters
+    ----------
+    account_id
+        The id shown by `tokn-router account list`.
+    """
+    cfg_file = _context.config_file()
+    _find(cfg_file.load(), account_id)
+    with config.locked(cfg_file.path):
+        resets.request(cfg_file.path, account_id)
+    print(
+        f"Reset requested for account '{account_id}': a running daemon clears its "
+        "cooldown and last error within a second."
+    )
 
 
 # ---------------------------------------------------------------------------- show

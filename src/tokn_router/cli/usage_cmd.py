@@ -11,6 +11,14 @@ from cyclopts import Parameter
 from tokn_router.accounts import config
 from tokn_router.cli import _context
 from tokn_router.cli._app import app
+from tokn_router.errors import UsageError
+
+
+def _no_such_account(cfg: config.Config, account: str | None) -> UsageError:
+    known = ", ".join(a.id for a in cfg.accounts) or "none configured"
+    return UsageError(
+        f"no account '{account}' in the config or the usage ledger (accounts: {known})"
+    )
 
 
 @app.command(name="usage")
@@ -73,9 +81,14 @@ def usage(
             "nothing new is recorded",
             file=sys.stderr,
         )
+    # an account removed from the config still has its rows: only an id that is
+    # neither configured nor in the ledger is unknown
+    unknown = account is not None and cfg.account(account) is None
     try:
         conn = open_readonly(db_path)
     except NoDatabaseError:
+        if unknown:
+            raise _no_such_account(cfg, account) from None
         print(
             f"no usage recorded yet: {db_path} does not exist or is empty "
             "(`tokn-router serve` creates it)",
@@ -85,6 +98,11 @@ def usage(
     else:
         try:
             report = queries.query(conn, db_path, since_ts=since_ts, account=account, by=by)
+            # not configured and never seen (at any time): a typo, not "no usage"
+            if unknown and not report.totals.requests:
+                ever = report if since_ts is None else queries.query(conn, db_path, account=account)
+                if not ever.totals.requests:
+                    raise _no_such_account(cfg, account)
         finally:
             conn.close()
     if as_json:

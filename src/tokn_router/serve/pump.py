@@ -14,6 +14,10 @@ handed over through a small memory channel. That indirection buys three things:
   per event; nothing is ever held back to wait for more.
 - **Cancel safety.** Reading upstream is never interrupted by a timeout, so
   no upstream byte is lost or duplicated.
+- **Shutdown says so.** The pump's owner (the daemon) cancels it only when the
+  server stops and the grace period is over; the relay then ends the stream
+  with the API's error event (``server shutting down``) instead of a silent cut,
+  and the ledger row records that rather than a client disconnect.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from tokn_router.wire.transforms import StreamTransform
 log = logging.getLogger("tokn_router.api")
 
 KEEPALIVE = b": keep-alive\n\n"
+SHUTDOWN_ERROR = "server shutting down"
 Spawn = Callable[[Callable[[], Any]], None]
 
 
@@ -71,6 +76,7 @@ async def _relay(
     tick_scope = trio.CancelScope()
     pump_done = trio.Event()
     failure: list[BaseException] = []
+    cut = trio.Event()  # the owner cancelled the pump: the server is stopping
     last_chunk = [trio.current_time()]
 
     async def ticker() -> None:
@@ -103,6 +109,10 @@ async def _relay(
             failure.append(e)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client side is gone
+        except trio.Cancelled:
+            # pump_scope absorbs its own cancellation: this one came from outside
+            cut.set()
+            raise
         finally:
             with trio.CancelScope(shield=True):
                 await resp.aclose()
@@ -134,6 +144,13 @@ async def _relay(
                 if out:
                     yield out
         await pump_done.wait()
+        if cut.is_set() and not failure:
+            # what is left of the upstream body is a fragment: the error event
+            # is the end (a flush would first close the stream as if complete)
+            rlog.error = rlog.error or SHUTDOWN_ERROR
+            log.info("request %s: stream ended by the shutdown", rlog.request_id)
+            yield transform.fail(SHUTDOWN_ERROR)
+            return
         tail = transform.flush()
         if failure:
             e = failure[0]
@@ -145,9 +162,10 @@ async def _relay(
         if tail:
             yield tail
     except (trio.Cancelled, GeneratorExit):
-        # cancelled (hypercorn) or closed before its end (the proxy): the client left
+        # cancelled (hypercorn) or closed before its end (the proxy): the client
+        # left, unless the server is stopping and cut it
         log.debug("cancelled %s", rlog.request_id)
-        rlog.error = rlog.error or "client disconnected"
+        rlog.error = rlog.error or (SHUTDOWN_ERROR if cut.is_set() else "client disconnected")
         raise
     finally:
         pump_scope.cancel()

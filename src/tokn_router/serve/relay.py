@@ -158,11 +158,18 @@ class Relay:
         retry_after = max(1, int(soonest - time.time()) + 1) if soonest else 30
         if not tried:
             msg = "every account that serves this model is cooling down"
-            reasons = [s.last_error for s in states if s.last_error]
+            reasons = [f"{s.id}: {s.last_error}" for s in states if s.last_error]
             if reasons:
                 last_error = reasons[0]
         else:
             msg = f"all {len(tried)} account(s) failed"
+            last_error = f"{tried[-1].id}: {last_error}"
+        # the row names the account that failed last (or the one the request was
+        # pinned to), not "-": that is where to look
+        blamed = tried[-1] if tried else (states[0] if len(states) == 1 else None)
+        if blamed is not None:
+            rlog.account_id = blamed.id
+            rlog.provider_id = blamed.provider.id
         raise RequestError(
             503,
             f"{msg}; last upstream error: {last_error}",
@@ -233,11 +240,11 @@ class Relay:
             if st.needs_credential():
                 gen = st.generation
                 if not await self.refresher.refresh(st, seen_generation=gen) and st.token() is None:
+                    # the refresher holds the account back (and retries in the
+                    # background): no exchange on every request, and no upstream
+                    # cooldown that would outlast GitHub's recovery
                     reason = st.disabled_reason or st.last_error or "no credential"
                     rlog.attempts.append({"account_id": st.id, "status": 0, "error": reason})
-                    if not st.disabled_reason:
-                        # GitHub unreachable: don't retry the exchange on every request
-                        self.pool.cool_down(st, None, reason)
                     return None, reason
             token = st.token()
             if not token:

@@ -149,7 +149,9 @@ def exchange_error(status: int, body: bytes) -> AuthError:
         if message:
             text += f": {message}"
     else:
-        text = f"Copilot token exchange failed ({status})" + (f": {message}" if message else "")
+        text = f"Copilot token exchange failed: HTTP {status}" + (
+            f" ({message})" if message else ""
+        )
     hint = identity_hint(
         status,
         body,
@@ -179,7 +181,10 @@ def credential_from_exchange(status: int, body: bytes) -> Credential:
         if isinstance(expires_at, (int, float))
         else int(time.time()) + 1500,
         refresh_in=int(refresh_in) if isinstance(refresh_in, (int, float)) else None,
-        api_base=api_base if isinstance(api_base, str) else None,
+        # authoritative for where the API lives (GitHub Enterprise, data residency)
+        api_base=api_base
+        if isinstance(api_base, str) and api_base.startswith(("https://", "http://"))
+        else None,
     )
 
 
