@@ -71,7 +71,7 @@ def _builtins(obj: Any) -> Any:
 def effective_account(
     acc: Account, github: schema.GithubConfig, ident: schema.IdentityConfig | None = None
 ) -> dict[str, Any]:
-    data = _builtins(acc)
+    data: dict[str, Any] = _builtins(acc)  # a Struct always becomes a dict
     provider = PROVIDERS.get(acc.provider)
     if acc.provider == "github-copilot":
         data.setdefault("refresh_url", gh.token_url(github))
@@ -156,7 +156,7 @@ def to_toml_literal(value: Any) -> str:
         t = tomlkit.inline_table()
         t.update(value)
         return t.as_string()
-    return tomlkit.item(value).as_string()
+    return str(tomlkit.item(value).as_string())
 
 
 # ---------------------------------------------------------------------- set / unset

@@ -46,7 +46,7 @@ def backoff_delay(failures: int, first: float, cap: float) -> float:
     """Seconds before background retry number ``failures`` (1 = the first retry)."""
     if failures <= 0:
         return 0.0
-    return min(cap, first * 2 ** min(failures - 1, 32))
+    return float(min(cap, first * 2 ** min(failures - 1, 32)))
 
 
 Persist = Callable[[str, Credential], Awaitable[None]]

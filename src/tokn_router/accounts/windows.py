@@ -205,7 +205,7 @@ class Windows:
                 (n for n in ("premium_models", "premium_interactions") if n in self.by_name),
                 "premium_interactions",
             )
-        return kind.value
+        return str(kind.value)
 
     # -------------------------------------------------------------- reading
 

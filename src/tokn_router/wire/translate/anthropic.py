@@ -198,7 +198,7 @@ def document_text(block: Mapping[str, Any]) -> str:
     head = f"[document: {title}]\n" if isinstance(title, str) and title else ""
     if isinstance(src, Mapping):
         if src.get("type") == "text" and isinstance(src.get("data"), str):
-            return head + src["data"]
+            return head + str(src["data"])
         if src.get("type") == "content" and isinstance(src.get("content"), list | str):
             return head + _blocks_text(src["content"])
         media = src.get("media_type") or src.get("type")
