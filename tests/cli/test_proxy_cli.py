@@ -328,7 +328,7 @@ def test_ca_regenerate_asks_on_a_tty(
 
 
 def test_start_refuses_an_unknown_route_mode(run_cli: RunCli) -> None:
-    # (a remote bind is allowed, with client keys required: tests/test_team_server.py)
+    # (a remote bind is allowed, with client keys required: tests/clients/test_team_server.py)
     r = run_cli("proxy", "--route-mode", "bogus")
     assert r.returncode == 2
 

@@ -21,7 +21,7 @@ from tokn_router.usage import RequestRecord, open_db
 from tokn_router.usage.queries import format_text, p50, parse_since, query, report_json
 from tokn_router.usage.writer import insert_records
 
-SNAPSHOTS = Path(__file__).resolve().parents[1] / "schemas" / "usage"
+SNAPSHOTS = Path(__file__).resolve().parents[2] / "schemas" / "usage"
 NOW = int(time.time())
 
 

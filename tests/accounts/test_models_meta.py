@@ -14,11 +14,11 @@ import pytest
 
 from tokn_router.accounts import models_meta
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "scripts" / "gen_models_meta.py"
 PACKAGED = REPO_ROOT / "src" / "tokn_router" / "data" / "models_meta.json"
 # CI checks the shared folder out beside the repository.
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "models-dev"
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "models-dev"
 
 
 def _load_script() -> ModuleType:

@@ -418,7 +418,7 @@ def test_version_prints_the_version_file_line(run_cli) -> None:
 
     import tokn_router
 
-    line = (Path(__file__).resolve().parents[1] / "VERSION").read_text().strip()
+    line = (Path(__file__).resolve().parents[2] / "VERSION").read_text().strip()
     assert tokn_router.__version__ == line
     for flag in ("--version", "-V"):
         r = run_cli(flag)

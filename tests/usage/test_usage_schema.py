@@ -13,7 +13,7 @@ import pytest
 from tokn_router.usage import schema
 from tokn_router.usage.schema import UsageDbError, open_db, open_readonly
 
-SNAPSHOTS = Path(__file__).resolve().parents[1] / "schemas" / "usage"
+SNAPSHOTS = Path(__file__).resolve().parents[2] / "schemas" / "usage"
 PACKAGED = Path(schema.__file__).parent / "sql"
 
 # SPEC §9: the columns of the v0.2.0 `requests` table, in order.

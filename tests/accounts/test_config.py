@@ -15,7 +15,7 @@ from tokn_router.accounts import config, config_ops, identity, schema
 from tokn_router.accounts.config import ConfigFile
 from tokn_router.errors import AccountError, ConfigError, UsageError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 P = Path("/cfg/config.toml")
 
 

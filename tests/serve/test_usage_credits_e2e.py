@@ -11,9 +11,9 @@ from typing import Any
 
 import httpx
 
+from tests.edges.test_proxy_e2e import client_env, free_port, proxy_env
 from tests.fakes import FakeUpstream
 from tests.helpers import ledger_rows
-from tests.test_proxy_e2e import client_env, free_port, proxy_env
 
 HELLO = [{"role": "user", "content": "what does this cost"}]
 # (endpoint, model, stream, how it is served)

@@ -6,8 +6,8 @@ import json
 import time
 from typing import Any
 
+from tests.cli.test_cli_accounts import GHO, ZAI_KEY, setup_accounts
 from tests.fakes import FakeUpstream
-from tests.test_cli_accounts import GHO, ZAI_KEY, setup_accounts
 
 
 def as_json(r: Any) -> Any:

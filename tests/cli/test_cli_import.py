@@ -127,7 +127,7 @@ def test_gh_nothing_found(run_cli: Any, env_home: Any, tmp_path: Path) -> None:
 def test_gh_token_refused_by_the_exchange(
     fake: FakeUpstream, run_cli: Any, write_config: Any
 ) -> None:
-    # (401 / 403 / other statuses: tests/test_importers.py)
+    # (401 / 403 / other statuses: tests/accounts/test_importers.py)
     path = write_config("# untouched\n")
     fake.github_account(GH_TOKEN).exchange_failure = 404
     line = one_error_line(run_cli("import", "--from", "gh", env={"GH_TOKEN": GH_TOKEN}))
@@ -297,7 +297,7 @@ def _bad_sqlite(path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("source", "relpath", "content", "message"),
-    [  # every shape check: tests/test_importers.py
+    [  # every shape check: tests/accounts/test_importers.py
         ("gh", "gh/hosts.yml", "- just\n- a list\n", "expected a mapping of host names"),
         (
             "copilot-plugin",

@@ -270,7 +270,7 @@ def _run_sh(
 
 @pytest.fixture
 def lan_daemon(fake: FakeUpstream, write_config: Callable[..., Path], daemon: Any) -> Any:
-    # an open LAN server (the set-up with client keys: tests/test_team_server.py)
+    # an open LAN server (the set-up with client keys: tests/clients/test_team_server.py)
     write_config(
         {"server": {"auth": "none"}, "accounts": [fake.copilot_account("alice", "gho_alice")]}
     )
