@@ -24,6 +24,10 @@ with its API's error event (``server shutting down``, see
 :mod:`tokn_router.serve.pump`); hypercorn's own deadline, a moment later, bounds
 the rest. Then the services nursery is cancelled, the ledger channel closed,
 and the writer flushes every row before the process exits 0.
+
+It is one module of over 400 lines on purpose: the one supervising nursery and every
+task it owns (start-up, reload, shutdown) are read in one file, which is where ownership
+is easiest to check.
 """
 
 from __future__ import annotations

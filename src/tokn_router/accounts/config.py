@@ -10,6 +10,9 @@ current file is re-read, edited with tomlkit (so comments and layout survive),
 validated, written to a temp file, fsynced and renamed over the original. A
 daemon persisting a refreshed token and a concurrent ``config set`` therefore
 never lose each other's change.
+
+It is one module of over 400 lines because parsing with line-accurate errors and editing
+the same TOML document share their helpers.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ exhaustion (session, weekly, quota) until that window's reset.
 Credentials and model lists are kept fresh by
 :class:`~tokn_router.accounts.refresher.Refresher`, one task per account; this
 module holds only the state and the choices, and does no I/O.
+
+It is one module of over 400 lines because account state, cooldowns, windows and the
+choice of an account are one set of rules over the same fields.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""``tokn-router account list|remove|show`` and ``tokn-router headers``."""
+"""``tokn-router account list|remove|show`` and ``tokn-router headers``.
+
+It is one module of over 400 lines because the account commands and ``headers`` share
+their rendering and JSON helpers.
+"""
 
 from __future__ import annotations
 

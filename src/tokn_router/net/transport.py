@@ -45,6 +45,9 @@ Design:
   rest of the body path. A timeout fires up to one watchdog tick late: a tenth
   of the smallest read timeout seen in the run, clamped to 10 ms..1 s.
 * Errors are mapped to httpx's exception hierarchy, as the stock transport does.
+
+It is one module of over 400 lines because the pool, the watchdog and the response
+stream share one connection's lifecycle.
 """
 
 from __future__ import annotations

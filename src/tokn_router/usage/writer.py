@@ -14,6 +14,9 @@ it (``rows_failed``). Each failure episode is logged once on the
 ``tokn_router.usage`` logger and shown in :class:`UsageHealth` (``/healthz``);
 the writer retries the database every ``retry_interval`` seconds and logs
 when it writes again. Serving never stops because of the ledger.
+
+It is one module of over 400 lines because the writer task, its batching and its failure
+accounting share one loop's state.
 """
 
 from __future__ import annotations

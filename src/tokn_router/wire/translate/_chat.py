@@ -18,6 +18,9 @@ for both). The policy, implemented once here:
 * ``reasoning_opaque`` seen while no thinking block is open is held: if
   reasoning text follows it becomes that block's signature, otherwise it is
   emitted as an opaque-only ("redacted") thinking block before the next block.
+
+It is one module of over 400 lines because the chunk state machine is one piece:
+splitting it would scatter the ordering rules stated above.
 """
 
 from __future__ import annotations

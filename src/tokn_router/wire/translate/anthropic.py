@@ -7,6 +7,9 @@ body, ``chat_to_message`` maps a chat completion back to a Message, and
 Thinking travels through Copilot's assistant-message fields: ``thinking``
 text → ``reasoning_text``, its ``signature`` (or a ``redacted_thinking``
 block's ``data``) → ``reasoning_opaque``, and back.
+
+It is one module of over 400 lines because the request and answer mappings of one API
+share their field tables and are read side by side.
 """
 
 from __future__ import annotations

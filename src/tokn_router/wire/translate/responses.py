@@ -24,6 +24,9 @@ Reasoning: a ``reasoning`` input item's text (``content`` reasoning_text, else
 its summaries) and ``encrypted_content`` become ``reasoning_text`` /
 ``reasoning_opaque`` on the next assistant message; upstream reasoning comes
 back as a ``reasoning`` item with ``summary_text`` and ``encrypted_content``.
+
+It is one module of over 400 lines because the request and answer mappings of one API
+share their field tables and are read side by side.
 """
 
 from __future__ import annotations
