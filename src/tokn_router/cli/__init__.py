@@ -21,6 +21,7 @@ from tokn_router.cli import _context
 from tokn_router.cli import accounts as _accounts  # noqa: F401
 from tokn_router.cli import completion as _completion  # noqa: F401
 from tokn_router.cli import config_cmd as _config_cmd  # noqa: F401
+from tokn_router.cli import doctor as _doctor  # noqa: F401
 from tokn_router.cli import keys_cmd as _keys_cmd  # noqa: F401
 from tokn_router.cli import login as _login  # noqa: F401
 from tokn_router.cli import proxy_cmd as _proxy_cmd  # noqa: F401
