@@ -296,6 +296,7 @@ def test_client_close_mid_body_is_a_protocol_error() -> None:
         b"HELLO\r\n\r\n",
         b"GET / HTTP/1.1\r\n\r\n",  # no Host
         b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: x\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",  # h11: 501
     ],
 )
 def test_garbage_is_a_400(garbage: bytes) -> None:

@@ -314,7 +314,9 @@ class ServerConnection:
         try:
             ev = self._h11.next_event()
         except h11.RemoteProtocolError as e:
-            status = e.error_status_hint
+            # h11 hints 501 for a transfer coding it does not know: still the
+            # client's mistake, and a 5xx is never the answer to one
+            status = e.error_status_hint if e.error_status_hint < 500 else 400
             if status == 431:
                 # h11's buffer limit: say which part of the head was too long
                 buffered = self._h11.trailing_data[0]
