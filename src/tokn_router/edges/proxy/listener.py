@@ -672,6 +672,8 @@ class _Proxy:
         peer: tuple[str, int] | None,
     ) -> None:
         await stream.send_all(reader.conn.connect_established())
+        first = b""
+        tls: TLSStream | None = None
         with trio.move_on_after(self.handshake_timeout) as deadline:
             first = await _first_bytes(stream, reader.conn.trailing_data)
             if first[:1] == b"\x16":  # a TLS handshake record
@@ -680,7 +682,7 @@ class _Proxy:
             raise trio.TooSlowError("no TLS handshake within the deadline")
         if not first:
             return
-        if first[:1] != b"\x16":
+        if tls is None:
             if not _METHOD_START.match(first):
                 raise ProxyProtocolError("neither TLS nor HTTP inside the tunnel")
             # Plain HTTP inside CONNECT (curl --proxytunnel to an http:// URL): one
