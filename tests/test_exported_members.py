@@ -96,6 +96,7 @@ FACES: dict[str, list[str]] = {
         "hosts",
         "http1",
         "initiator",
+        "jsondepth",
         "quota",
         "sse",
         "transforms",

@@ -100,8 +100,14 @@ async def make_app() -> AsyncIterator[Callable[[LanInfo | None], QuartTrio]]:
     await client.aclose()
 
 
-async def _get(app: QuartTrio, path: str, host: str) -> tuple[int, str, str]:
-    resp = await app.test_client().get(path, headers={"Host": host})
+# The listener address the test client's requests reach (the ASGI scope's "server").
+SERVER = ("10.0.0.2", 4141)
+
+
+async def _get(
+    app: QuartTrio, path: str, host: str, server: tuple[str, int] = SERVER
+) -> tuple[int, str, str]:
+    resp = await app.test_client().get(path, headers={"Host": host}, scope_base={"server": server})
     return resp.status_code, resp.headers.get("content-type", ""), await resp.get_data(as_text=True)
 
 
@@ -110,7 +116,8 @@ async def _get(app: QuartTrio, path: str, host: str) -> tuple[int, str, str]:
 
 async def test_bootstrap_json(make_app: Any, store: CertStore) -> None:
     app = make_app(_info(store))
-    status, ctype, body = await _get(app, "/-/lan/bootstrap.json", "192.168.1.5:4141")
+    lan = ("192.168.1.5", 4141)
+    status, ctype, body = await _get(app, "/-/lan/bootstrap.json", "192.168.1.5:4141", lan)
     assert status == 200 and ctype == "application/json"
     assert json.loads(body) == {
         "api_url": "http://192.168.1.5:4141",
@@ -119,14 +126,15 @@ async def test_bootstrap_json(make_app: Any, store: CertStore) -> None:
         "env_url": "http://192.168.1.5:4141/-/lan/env",
         "ca_sha256": store.fingerprint_sha256(),
     }
-    status, _, body = await _get(app, "/-/lan/bootstrap.json", "[FE80::1]:8080")
+    status, _, body = await _get(app, "/-/lan/bootstrap.json", "[FE80::1]:8080", ("fe80::1", 8080))
     doc = json.loads(body)
     assert doc["api_url"] == "http://[fe80::1]:8080"
     assert doc["proxy_url"] == "http://[fe80::1]:4142"
-    # no port in Host: port 80 for the API, the proxy keeps its own
-    status, _, body = await _get(app, "/-/lan/bootstrap.json", "Gateway.LAN")
-    assert json.loads(body)["api_url"] == "http://gateway.lan"
-    assert json.loads(body)["proxy_url"] == "http://gateway.lan:4142"
+    # the port is the listener's own, whatever the Host says (or leaves out)
+    for host in ("192.168.1.5", "192.168.1.5:9999"):
+        status, _, body = await _get(app, "/-/lan/bootstrap.json", host, lan)
+        assert json.loads(body)["api_url"] == "http://192.168.1.5:4141"
+        assert json.loads(body)["proxy_url"] == "http://192.168.1.5:4142"
 
 
 async def test_bootstrap_without_proxy(make_app: Any, store: CertStore) -> None:
@@ -197,7 +205,9 @@ async def test_env_default_shell_is_sh(make_app: Any, store: CertStore) -> None:
 
 
 async def test_unknown_shell(make_app: Any, store: CertStore) -> None:
-    status, ctype, body = await _get(make_app(_info(store)), "/-/lan/env?shell=csh", "h:1")
+    status, ctype, body = await _get(
+        make_app(_info(store)), "/-/lan/env?shell=csh", "10.0.0.2:4141"
+    )
     assert status == 400 and ctype == "application/json"
     err = json.loads(body)["error"]
     assert err["param"] == "shell"

@@ -95,6 +95,7 @@ async def running_proxy(
     handler: Handler,
     *,
     head_timeout: float = 10.0,
+    handshake_timeout: float = 10.0,
     connect_upstream: ConnectUpstream = open_direct,
     intercept: Callable[[str, int], bool] = lambda host, port: host == INTERCEPTED,
 ) -> AsyncIterator[int]:
@@ -110,6 +111,7 @@ async def running_proxy(
                 connect_upstream=connect_upstream,
                 help_text=HELP,
                 head_timeout=head_timeout,
+                handshake_timeout=handshake_timeout,
                 idle_timeout=10.0,
                 connect_timeout=5.0,
             )
@@ -302,21 +304,125 @@ async def test_failing_handler_gives_502_and_proxy_lives_on(
     assert "handler failed" in bug.getMessage()
 
 
+async def _open_tunnel(port: int, target: str = f"{INTERCEPTED}:443") -> trio.SocketStream:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+    head, rest = await read_head(stream)
+    assert head.startswith(b"HTTP/1.1 200 Connection Established") and rest == b""
+    return stream
+
+
 async def test_plain_http_inside_connect_tunnel(store: CertStore) -> None:
-    async with running_proxy(store, echo_handler) as port:
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
+    # Served (curl --proxytunnel to an http:// URL does this), one request only: the
+    # answer says "Connection: close" and the tunnel closes, keep-alive asked or not.
+    async with running_proxy(store, echo_handler, head_timeout=30) as port:
+        stream = await _open_tunnel(port, f"{INTERCEPTED}:80")
         async with stream:
-            await stream.send_all(
-                f"CONNECT {INTERCEPTED}:80 HTTP/1.1\r\nHost: {INTERCEPTED}:80\r\n\r\n".encode()
+            # sent in pieces: the method is recognised before its space arrives
+            for piece in (b"GE", b"T /x HTTP/1.1\r\n", f"Host: {INTERCEPTED}\r\n\r\n".encode()):
+                await stream.send_all(piece)
+            with trio.fail_after(5):
+                answer = await read_all(stream)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"connection: close" in head.lower()
+    assert body == f"GET http://{INTERCEPTED}/x user=None abs=False body=".encode()
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"\x00garbage", b"hello there\r\n", b"A" * 40, b"\xff\xfe\r\n\r\n", b"SSH-2.0-OpenSSH\r\n"],
+)
+async def test_garbage_inside_an_intercepted_tunnel_closes_it_at_once(
+    store: CertStore, garbage: bytes, proxy_log: LogWatcher
+) -> None:
+    # deadlines far longer than the bound below: the close is the proxy's decision
+    async with running_proxy(store, echo_handler, head_timeout=60, handshake_timeout=60) as port:
+        async with await _open_tunnel(port) as stream:
+            await stream.send_all(garbage)
+            with trio.fail_after(5):
+                rest = await read_all(stream)
+        assert not rest.startswith(b"HTTP/1.1 2")
+        await proxy_log.wait_for(lambda r: "proxy client" in r.getMessage())
+        await assert_help_served(port)
+
+
+async def test_tls_handshake_must_finish_within_the_deadline(
+    store: CertStore, proxy_log: LogWatcher
+) -> None:
+    async with running_proxy(store, echo_handler, head_timeout=60, handshake_timeout=0.5) as port:
+        silent = await _open_tunnel(port)
+        half = await _open_tunnel(port)
+        async with silent, half:
+            await half.send_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # hello start
+            await assert_help_served(port)  # others are served meanwhile
+            with trio.fail_after(10):
+                assert await read_all(silent) == b"", "a tunnel that never starts TLS is closed"
+                assert await read_all(half) == b"", "and one whose handshake stalls"
+        await proxy_log.wait_for(lambda r: "TooSlowError" in r.getMessage())
+        # a handshake that does finish in time is served as before
+        async with httpx.AsyncClient(
+            proxy=f"http://127.0.0.1:{port}", verify=_trusting(store.cert_path)
+        ) as client:
+            r = await client.get(f"https://{INTERCEPTED}/ok")
+        assert r.status_code == 200
+
+
+async def _tls_tunnel(port: int, store: CertStore) -> trio.SSLStream[trio.SocketStream]:
+    tls = trio.SSLStream(
+        await _open_tunnel(port), _trusting(store.cert_path), server_hostname=INTERCEPTED
+    )
+    await tls.do_handshake()
+    return tls
+
+
+async def _tls_read_all(tls: trio.SSLStream[trio.SocketStream]) -> bytes:
+    out = b""
+    with contextlib.suppress(trio.BrokenResourceError):  # closed without close_notify
+        while data := await tls.receive_some():
+            out += data
+    return out
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (
+            f"GET /x HTTP/1.1\r\nHost: {INTERCEPTED}\r\nX-Big: ".encode()
+            + b"a" * (70 * 1024)
+            + b"\r\n\r\n",
+            431,
+        ),
+        (
+            f"GET /x HTTP/1.1\r\nHost: {INTERCEPTED}\r\n".encode()
+            + b"".join(b"X-%d: 1\r\n" % i for i in range(150))
+            + b"\r\n",
+            431,
+        ),
+        (b"GET /x?" + b"a" * 9000 + f" HTTP/1.1\r\nHost: {INTERCEPTED}\r\n\r\n".encode(), 414),
+        (f"GET /x HTTP/2.0\r\nHost: {INTERCEPTED}\r\n\r\n".encode(), 400),
+    ],
+)
+async def test_head_limits_inside_the_tls_tunnel(
+    store: CertStore, request_bytes: bytes, status: int
+) -> None:
+    seen: list[str] = []
+
+    async def handler(ctx: ProxyRequestContext) -> None:
+        seen.append(ctx.path)
+        await echo_handler(ctx)
+
+    async with running_proxy(store, handler) as port:
+        tls = await _tls_tunnel(port, store)
+        async with tls:
+            # the whole head in one write: TLS hands it over in one piece
+            await tls.send_all(
+                request_bytes + f"GET /next HTTP/1.1\r\nHost: {INTERCEPTED}\r\n\r\n".encode()
             )
-            head, rest = await read_head(stream)
-            assert head.startswith(b"HTTP/1.1 200 Connection Established") and rest == b""
-            await stream.send_all(
-                f"GET /x HTTP/1.1\r\nHost: {INTERCEPTED}\r\nConnection: close\r\n\r\n".encode()
-            )
-            answer = await read_all(stream)
-    assert answer.startswith(b"HTTP/1.1 200 ")
-    assert answer.endswith(f"GET http://{INTERCEPTED}/x user=None abs=False body=".encode())
+            with trio.fail_after(10):
+                answer = await _tls_read_all(tls)
+    assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:100]
+    assert b"connection: close" in answer.lower()
+    assert answer.count(b"HTTP/1.1 ") == 1 and seen == [], "nothing after it is served"
 
 
 class EagerConnect(trio.abc.Stream):

@@ -9,6 +9,9 @@ import h11
 import pytest
 
 from tokn_router.wire.http1 import (
+    MAX_HEAD_BYTES,
+    MAX_HEADERS,
+    MAX_REQUEST_LINE,
     NEED_DATA,
     PAUSED,
     Body,
@@ -20,6 +23,7 @@ from tokn_router.wire.http1 import (
     RequestKind,
     ServerConnection,
     classify,
+    head_problem,
     origin_path,
     parse_authority,
     proxy_username,
@@ -292,6 +296,7 @@ def test_client_close_mid_body_is_a_protocol_error() -> None:
         b"HELLO\r\n\r\n",
         b"GET / HTTP/1.1\r\n\r\n",  # no Host
         b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: x\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",  # h11: 501
     ],
 )
 def test_garbage_is_a_400(garbage: bytes) -> None:
@@ -308,6 +313,59 @@ def test_oversized_head_is_431() -> None:
     with pytest.raises(ProxyProtocolError) as ei:
         _drain(conn, [b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * 2000])
     assert ei.value.status == 431
+
+
+_START = b"GET /v1/models HTTP/1.1\r\nHost: api.openai.com\r\n"
+OVER_LIMITS = [
+    # a whole head over 64 KiB, whatever reads it arrives in
+    (_START + b"X-Big: " + b"a" * (70 * 1024) + b"\r\n\r\n", 431, "request head larger"),
+    (
+        _START + b"".join(b"X-%d: 1\r\n" % i for i in range(MAX_HEADERS + 1)) + b"\r\n",
+        431,
+        "fields",
+    ),
+    (b"GET /?q=" + b"a" * MAX_REQUEST_LINE + b" HTTP/1.1\r\nHost: h\r\n\r\n", 414, "line"),
+    (b"GET /?q=" + b"a" * (70 * 1024) + b" HTTP/1.1\r\nHost: h\r\n\r\n", 414, "line"),
+    (b"CONNECT api.openai.com:443 HTTP/9.9\r\nHost: api.openai.com\r\n\r\n", 400, "version"),
+    (b"GET / HTTP/2.0\r\nHost: h\r\n\r\n", 400, "version"),
+    (b"GET http://a.example/ HTTP/1.2\r\nHost: a.example\r\n\r\n", 400, "version"),
+]
+
+
+@pytest.mark.parametrize(("data", "status", "message"), OVER_LIMITS)
+def test_head_limits_hold_in_one_read_and_in_many(data: bytes, status: int, message: str) -> None:
+    for pieces in ([data], [data[i : i + 4096] for i in range(0, len(data), 4096)]):
+        conn = ServerConnection()
+        with pytest.raises(ProxyProtocolError) as ei:
+            _drain(conn, pieces)
+        assert ei.value.status == status and message in str(ei.value), pieces[0][:40]
+        # still answerable, and the answer ends the connection
+        answer = conn.simple_response(ei.value.status, "no\n", close=True)
+        assert answer.startswith(b"HTTP/1.1 %d " % status) and b"connection: close" in answer
+
+
+def test_heads_at_the_limits_pass() -> None:
+    # Host, these, and X-Big: exactly MAX_HEADERS fields
+    fields = b"".join(b"X-%d: 1\r\n" % i for i in range(MAX_HEADERS - 2))
+    head = _START + fields
+    big = head + b"X-Big: " + b"a" * (MAX_HEAD_BYTES - len(head) - 20) + b"\r\n\r\n"
+    assert len(big) <= MAX_HEAD_BYTES
+    assert _head(big).get("x-big")
+    line = b"GET /?q=" + b"a" * (MAX_REQUEST_LINE - 40) + b" HTTP/1.1\r\nHost: h\r\n\r\n"
+    assert _head(line).method == "GET"
+    assert _head(b"CONNECT a.example:443 HTTP/1.0\r\n\r\n").http_version == "1.0"
+
+
+def test_head_problem_is_the_api_listeners_rule_too() -> None:
+    ok = [(b"host", b"a")]
+    assert head_problem("GET", 10, "1.1", ok) is None
+    assert head_problem("GET", 10, "2", ok, versions=frozenset({"1.1", "2"})) is None
+    assert head_problem("GET", 10, "9.9", ok)[0] == 400  # type: ignore[index]
+    assert head_problem("GET", MAX_REQUEST_LINE, "1.1", ok)[0] == 414  # type: ignore[index]
+    many = [(b"x", b"1")] * (MAX_HEADERS + 1)
+    assert head_problem("GET", 10, "1.1", many)[0] == 431  # type: ignore[index]
+    huge = [(b"x", b"a" * MAX_HEAD_BYTES)]
+    assert head_problem("GET", 10, "1.1", huge)[0] == 431  # type: ignore[index]
 
 
 def test_expect_100_continue() -> None:

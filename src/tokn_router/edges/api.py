@@ -9,9 +9,7 @@ paths and methods nobody serves.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -30,13 +28,12 @@ from tokn_router.errors import RequestError
 from tokn_router.serve.call import JSON, Answer, Call, Headers
 from tokn_router.serve.common import Services
 from tokn_router.serve.routes import ENDPOINTS, Endpoint, serve_endpoint
+from tokn_router.wire import hosts, http1
 from tokn_router.wire.errors import error_body
 
 log = logging.getLogger("tokn_router.api")
 
 _encode = msgspec.json.encode
-
-LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
 
 
 @dataclass
@@ -49,51 +46,74 @@ class ApiServices(Services):
     health_extra: Callable[[], dict[str, Any]] = lambda: {}
 
 
-def is_loopback_host(host_header: str) -> bool:
-    host = host_header.strip()
-    if host.startswith("["):
-        host = host[1:].split("]", 1)[0]
-    elif host.count(":") == 1:
-        host = host.split(":", 1)[0]
-    host = host.lower()
-    if host in LOOPBACK_NAMES or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _json_response(status: int, body: bytes, headers: dict[str, str] | None = None) -> Response:
     return Response(body, status=status, content_type=JSON, headers=headers)
 
 
-# hostname (labels of at most 63 chars), IPv4 or [IPv6], optional port
-_VALID_HOST = re.compile(
-    r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
-    r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?)(?::[0-9]{1,5})?$"
-)
+# HTTP versions hypercorn may report in a scope: HTTP/1.x from h11, "2" and "3".
+_HTTP_VERSIONS = frozenset({"1.0", "1.1", "2", "3"})
+
+
+def _head_refusal(scope: Any) -> tuple[int, bytes] | None:
+    """``(status, body)`` for a request head this listener refuses before routing."""
+    headers = scope.get("headers", ())
+    target = len(scope.get("raw_path", b"")) + len(scope.get("query_string", b"")) + 1
+    problem = http1.head_problem(
+        scope.get("method", "GET"),
+        target,
+        str(scope.get("http_version", "1.1")),
+        headers,
+        versions=_HTTP_VERSIONS,
+    )
+    if problem is not None:
+        status, message = problem
+        return status, error_body(status, message, code="request_head_refused")
+    # werkzeug rejects some Host headers (a label over 63 chars) while building
+    # the request, before any handler runs, which would end as a bare 500.
+    host = next((v for k, v in headers if k == b"host"), b"")
+    if host:
+        try:
+            hosts.parse_authority(host.decode("latin-1").strip())
+        except hosts.HostError:
+            return 400, error_body(400, "invalid Host header", code="invalid_host")
+    return None
+
+
+async def _send_json(
+    send: Any, status: int, body: bytes, prefix: str = "http", *, close: bool = False
+) -> None:
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if close:  # what follows on the connection cannot be trusted to be framed right
+        headers.append((b"connection", b"close"))
+    await send({"type": f"{prefix}.response.start", "status": status, "headers": headers})
+    await send({"type": f"{prefix}.response.body", "body": body})
 
 
 class _App(QuartTrio):
     async def asgi_app(self, scope: Any, receive: Any, send: Any) -> None:
-        # werkzeug rejects some Host headers (a label over 63 chars) while building
-        # the request, before any handler runs, which would end as a bare 500.
-        if scope.get("type") == "http":
-            host = next((v for k, v in scope.get("headers", ()) if k == b"host"), b"")
-            if host and not _VALID_HOST.match(host.decode("latin-1")):
-                body = error_body(400, "invalid Host header", code="invalid_host")
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 400,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
+        kind = scope.get("type")
+        if kind == "websocket":
+            # Nothing here speaks WebSocket. Refused during the handshake with a
+            # body in the OpenAI shape (hypercorn's denial-response extension);
+            # Quart would otherwise end the handshake as an empty 500.
+            await receive()  # websocket.connect
+            body = error_body(
+                400,
+                "WebSocket is not supported: send plain HTTP requests",
+                code="websocket_not_supported",
+            )
+            if "websocket.http.response" in scope.get("extensions", {}):
+                await _send_json(send, 400, body, "websocket.http")
+            else:  # pragma: no cover - hypercorn offers the extension
+                await send({"type": "websocket.close"})
+            return
+        if kind == "http":
+            refusal = _head_refusal(scope)
+            if refusal is not None:
+                await _send_json(send, *refusal, close=True)
                 return
         await super().asgi_app(scope, receive, send)
 
@@ -149,7 +169,7 @@ def create_app(svc: ApiServices) -> QuartTrio:
 
     @app.before_request
     async def _guard() -> Response | None:
-        if svc.loopback_only and not is_loopback_host(request.headers.get("host", "")):
+        if svc.loopback_only and not hosts.is_loopback_authority(request.headers.get("host", "")):
             # DNS-rebinding guard: a page on evil.example resolving to 127.0.0.1
             # must not reach the API through the victim's browser.
             return _json_response(
@@ -199,4 +219,4 @@ def create_app(svc: ApiServices) -> QuartTrio:
     return app
 
 
-__all__ = ["ApiServices", "create_app", "is_loopback_host"]
+__all__ = ["ApiServices", "create_app"]

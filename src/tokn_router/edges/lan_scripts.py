@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tokn_router.edges.proxy.shellenv import DEFAULT_NO_PROXY, SHELLS, env_vars, quote
+from tokn_router.wire import hosts
 
 __all__ = ["PREFIX", "SYSTEM_BUNDLES", "LanURLs", "env_script"]
 
@@ -46,11 +47,6 @@ _BUNDLE = "\0bundle"  # placeholders for paths only the client knows
 _CA = "\0ca"
 
 
-def _netloc(host: str, port: int | None) -> str:
-    shown = f"[{host}]" if ":" in host else host
-    return shown if port is None else f"{shown}:{port}"
-
-
 @dataclass(frozen=True)
 class LanURLs:
     """Everything the bootstrap endpoints publish, as seen through one Host header."""
@@ -65,8 +61,8 @@ class LanURLs:
     @classmethod
     def build(cls, host: str, port: int | None, proxy_port: int | None, ca_sha256: str) -> LanURLs:
         """The URLs for a client that reached us as ``host[:port]`` (a validated Host)."""
-        api = "http://" + _netloc(host, port)
-        proxy = None if proxy_port is None else "http://" + _netloc(host, proxy_port)
+        api = "http://" + hosts.format_authority(host, port)
+        proxy = None if proxy_port is None else "http://" + hosts.format_authority(host, proxy_port)
         return cls(
             host=host,
             api_url=api,

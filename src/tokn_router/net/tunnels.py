@@ -56,6 +56,7 @@ from tokn_router.errors import ToknError
 from tokn_router.net import h1client
 from tokn_router.net.client import ProxySetting, tls_context
 from tokn_router.net.streams import PrefixedStream, TLSStream
+from tokn_router.wire import hosts
 
 __all__ = ["OutboundError", "ProxyURL", "open_upstream", "parse_proxy_url", "proxy_for"]
 
@@ -95,7 +96,7 @@ class ProxyURL:
     @property
     def where(self) -> str:
         """``host:port`` for messages (never the credentials)."""
-        return _authority(self.host, self.port)
+        return hosts.format_authority(self.host, self.port)
 
 
 def parse_proxy_url(url: str) -> ProxyURL:
@@ -208,10 +209,6 @@ class _Reader:
 # ------------------------------------------------------------------- helpers
 
 
-def _authority(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _reason(exc: BaseException) -> str:
     """The most specific human reason inside an OSError (trio groups connect attempts)."""
     leaves: list[BaseException] = []
@@ -257,7 +254,7 @@ async def _tcp(host: str, port: int, what: str) -> trio.SocketStream:
 async def _http_connect(
     stream: trio.abc.Stream, proxy: ProxyURL, host: str, port: int
 ) -> trio.abc.Stream:
-    target = _authority(host, port)
+    target = hosts.format_authority(host, port)
     label = f"{proxy.scheme} proxy {proxy.where}"
     headers = [("Host", target), ("User-Agent", "tokn-router")]
     if proxy.username is not None:
@@ -306,7 +303,7 @@ async def _socks5_connect(
     stream: trio.abc.Stream, proxy: ProxyURL, host: str, port: int
 ) -> trio.abc.Stream:
     label = f"{proxy.scheme} proxy {proxy.where}"
-    target = _authority(host, port)
+    target = hosts.format_authority(host, port)
     atype, addr = _socks_address(host)
     conn = SOCKS5Connection()
     reader = _Reader(stream, label)
@@ -382,7 +379,7 @@ async def open_upstream(
     host = host.strip()
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    target = _authority(host, port)
+    target = hosts.format_authority(host, port)
     url = proxy_for(setting, host, port)
     proxy = parse_proxy_url(url) if url else None
     where = f"{target} via {proxy.scheme} proxy {proxy.where}" if proxy else target

@@ -17,6 +17,7 @@ import msgspec
 
 from tokn_router.errors import RequestError
 from tokn_router.usage.record import Source
+from tokn_router.wire import jsondepth
 
 JSON = "application/json"
 SSE = "text/event-stream"
@@ -98,17 +99,37 @@ class Call:
                 f"content type must be application/json, not '{ctype}'",
                 code="unsupported_media_type",
             )
-        raw = await self.read_body(limit)
-        try:
-            return _decode_obj.decode(raw)
-        except msgspec.ValidationError:
-            raise RequestError(
-                400, "request body must be a JSON object", code="invalid_json"
-            ) from None
-        except msgspec.DecodeError as e:
-            raise RequestError(
-                400, f"malformed JSON in request body: {e}", code="invalid_json"
-            ) from None
+        return decode_object(await self.read_body(limit))
+
+
+def decode_object(raw: bytes) -> dict[str, Any]:
+    """A client's body as a JSON object, or a RequestError(400) saying what is wrong."""
+    if jsondepth.too_deep(raw):
+        raise too_deep()
+    try:
+        return _decode_obj.decode(raw)
+    except msgspec.ValidationError as e:
+        # a valid JSON text of the wrong kind, or one with a number out of range
+        message = (
+            "request body must be a JSON object"
+            if str(e).startswith("Expected `object`")
+            else f"malformed JSON in request body: {e}"
+        )
+        raise RequestError(400, message, code="invalid_json") from None
+    except msgspec.DecodeError as e:
+        raise RequestError(
+            400, f"malformed JSON in request body: {e}", code="invalid_json"
+        ) from None
+    except RecursionError:  # pragma: no cover - the depth scan refuses these first
+        raise too_deep() from None
+
+
+def too_deep() -> RequestError:
+    return RequestError(
+        400,
+        f"request body nests deeper than {jsondepth.MAX_DEPTH} levels",
+        code="invalid_json",
+    )
 
 
 def _too_large(limit: int) -> RequestError:
@@ -193,6 +214,8 @@ __all__ = [
     "Call",
     "Headers",
     "StreamBody",
+    "decode_object",
     "json_answer",
     "sse_answer",
+    "too_deep",
 ]

@@ -23,9 +23,10 @@ import trio
 from tokn_router.accounts.pool import AccountState, Pool
 from tokn_router.accounts.providers.base import RequestInfo
 from tokn_router.errors import RequestError
-from tokn_router.serve.call import Answer, Call, StreamBody, json_answer
+from tokn_router.serve.call import Answer, Call, StreamBody, json_answer, too_deep
 from tokn_router.serve.common import Services
 from tokn_router.usage.inflight import RequestLog
+from tokn_router.wire import jsondepth
 from tokn_router.wire.errors import error_body
 from tokn_router.wire.initiator import classify_chat, has_image, resolve_initiator
 from tokn_router.wire.usage import UsageSniffer
@@ -88,7 +89,11 @@ async def forward(
     except RequestError as e:
         svc.finish(rlog, status=e.status, error=e.message)
         return proxy_error(e.status, e.message)
-    parsed = _json_object(body, call.headers.get("content-type"))
+    try:
+        parsed = _json_object(body, call.headers.get("content-type"))
+    except RequestError as e:
+        svc.finish(rlog, status=e.status, error=e.message)
+        return json_answer(e.status, error_body(e.status, e.message, code=e.code))
     if parsed is not None:
         model = parsed.get("model")
         rlog.model = model if isinstance(model, str) else ""
@@ -176,6 +181,8 @@ def _swap_credentials(
 def _json_object(body: bytes, content_type: str | None) -> dict[str, Any] | None:
     if not body or (content_type and "json" not in content_type.lower()):
         return None
+    if jsondepth.too_deep(body):  # the decoder would recurse until RecursionError
+        raise too_deep()
     try:
         value = msgspec.json.decode(body)
     except msgspec.DecodeError:

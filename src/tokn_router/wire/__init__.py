@@ -9,6 +9,7 @@ __all__ = [
     "hosts",
     "http1",
     "initiator",
+    "jsondepth",
     "quota",
     "sse",
     "transforms",

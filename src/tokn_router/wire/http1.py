@@ -29,6 +29,10 @@ import h11
 from tokn_router.wire import hosts
 
 __all__ = [
+    "HTTP_VERSIONS",
+    "MAX_HEADERS",
+    "MAX_HEAD_BYTES",
+    "MAX_REQUEST_LINE",
     "NEED_DATA",
     "PAUSED",
     "Body",
@@ -41,6 +45,7 @@ __all__ = [
     "RequestKind",
     "ServerConnection",
     "classify",
+    "head_problem",
     "origin_path",
     "parse_authority",
     "proxy_username",
@@ -51,7 +56,14 @@ Headers = tuple[tuple[str, str], ...]
 
 HeaderInput = Iterable[tuple[str | bytes, str | bytes]]
 
+# The request-head limits of both listeners (the API listener checks the same in
+# tokn_router.edges.api). 64 KiB is what hypercorn is given as its h11 buffer (see
+# tokn_router.daemon); h11 enforces it only while a head is incomplete, so a whole
+# head that arrives in one read is measured again here.
 MAX_HEAD_BYTES = 64 * 1024
+MAX_REQUEST_LINE = 8 * 1024  # Apache's and nginx's default; API URLs are short
+MAX_HEADERS = 100  # Apache's LimitRequestFields, Python's http.client
+HTTP_VERSIONS = frozenset({"1.0", "1.1"})
 
 # Hop-by-hop headers (RFC 9110 §7.6.1) that must not be copied from an upstream
 # response: framing and connection management are h11's job on *this* connection.
@@ -220,6 +232,41 @@ def classify(head: RequestHead) -> ProxyRequest:
     return ProxyRequest(RequestKind.FORWARD, host, port, path, username, auth)
 
 
+# ------------------------------------------------------------------- limits
+
+
+def head_problem(
+    method: str | bytes,
+    target_length: int,
+    http_version: str,
+    headers: Iterable[tuple[str | bytes, str | bytes]],
+    *,
+    versions: frozenset[str] = HTTP_VERSIONS,
+    max_head: int = MAX_HEAD_BYTES,
+) -> tuple[int, str] | None:
+    """Why a parsed request head is refused, as ``(status, message)``; None if it is fine.
+
+    400 for an HTTP version not in ``versions`` (never a 5xx for a client's input), 414 for a request line over
+    :data:`MAX_REQUEST_LINE`, 431 for more than :data:`MAX_HEADERS` header fields
+    or a head over ``max_head`` bytes. Sizes are of the head as written on
+    the wire (``name: value`` lines with CRLF), whatever reads it arrived in.
+    """
+    if http_version not in versions:
+        return 400, f"HTTP version {http_version[:16]!r} is not supported"
+    line = len(method) + target_length + len(" HTTP/x.x\r\n") + 1
+    if line > MAX_REQUEST_LINE:
+        return 414, f"request line longer than {MAX_REQUEST_LINE} bytes"
+    size, count = line + 2, 0
+    for name, value in headers:
+        size += len(name) + len(value) + 4
+        count += 1
+    if count > MAX_HEADERS:
+        return 431, f"more than {MAX_HEADERS} header fields"
+    if size > max_head:
+        return 431, f"request head larger than {max_head} bytes"
+    return None
+
+
 # ------------------------------------------------------------------- connection
 
 
@@ -257,6 +304,7 @@ class ServerConnection:
     """One client connection, server side, as events in and bytes out."""
 
     def __init__(self, *, max_head_bytes: int = MAX_HEAD_BYTES) -> None:
+        self._max_head = max_head_bytes
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head_bytes)
 
     # --------------------------------------------------------------- receiving
@@ -269,7 +317,20 @@ class ServerConnection:
         try:
             ev = self._h11.next_event()
         except h11.RemoteProtocolError as e:
-            raise ProxyProtocolError(str(e) or "malformed request", e.error_status_hint) from None
+            # h11 hints 501 for a transfer coding it does not know: still the
+            # client's mistake, and a 5xx is never the answer to one
+            status = e.error_status_hint if e.error_status_hint < 500 else 400
+            if status == 431:
+                # h11's buffer limit: say which part of the head was too long
+                buffered = self._h11.trailing_data[0]
+                if b"\n" not in buffered[:MAX_REQUEST_LINE]:
+                    raise ProxyProtocolError(
+                        f"request line longer than {MAX_REQUEST_LINE} bytes", 414
+                    ) from None
+                raise ProxyProtocolError(
+                    f"request head larger than {self._max_head} bytes", 431
+                ) from None
+            raise ProxyProtocolError(str(e) or "malformed request", status) from None
         if ev is h11.NEED_DATA:
             return NEED_DATA
         if ev is h11.PAUSED:
@@ -280,11 +341,17 @@ class ServerConnection:
                 method = ev.method.decode("ascii")
             except UnicodeDecodeError:
                 raise ProxyProtocolError("non-ASCII request line") from None
+            version = ev.http_version.decode("ascii")
+            problem = head_problem(
+                ev.method, len(ev.target), version, ev.headers, max_head=self._max_head
+            )
+            if problem is not None:
+                raise ProxyProtocolError(problem[1], problem[0])
             return RequestHead(
                 method=method,
                 target=target,
                 headers=_decode_headers(ev.headers),
-                http_version=ev.http_version.decode("ascii"),
+                http_version=version,
             )
         if isinstance(ev, h11.Data):
             return Body(bytes(ev.data))

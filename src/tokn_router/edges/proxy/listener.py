@@ -6,7 +6,9 @@ Per client connection:
   terminate TLS with a leaf from the :class:`~tokn_router.edges.proxy.ca.CertStore` (warmed
   in a worker thread first, so the synchronous SNI callback hits the cache), then hand
   each HTTP/1.1 request inside to ``handler`` as a :class:`ProxyRequestContext`.
-  A tunnel whose first byte is not a TLS record is served as plain HTTP instead.
+  The handshake must finish within ``handshake_timeout``. A tunnel that opens
+  with an HTTP request line instead is served one plain-HTTP request, then
+  closed; anything else (neither TLS nor HTTP) closes the tunnel at once.
 * ``CONNECT`` to any other host: connect with ``connect_upstream`` (direct by default;
   the outbound HTTP/SOCKS proxy plugs in here), then relay bytes both ways untouched.
 * Absolute-form ``GET http://host/path``: intercepted hosts go to ``handler``
@@ -24,6 +26,7 @@ import contextlib
 import functools
 import logging
 import math
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import h11
@@ -50,6 +53,7 @@ from tokn_router.wire.http1 import (
 )
 
 __all__ = [
+    "HANDSHAKE_TIMEOUT",
     "Authorize",
     "ConnectUpstream",
     "Handler",
@@ -76,6 +80,12 @@ RECEIVE_SIZE = 64 * 1024
 DRAIN_LIMIT = 1024 * 1024
 # Bound on the polite TLS close_notify at the end of an intercepted connection.
 TLS_CLOSE_TIMEOUT = 1.0
+# From "200 Connection Established" to a finished TLS handshake (or a plain-HTTP
+# request head) in an intercepted tunnel: a half-open handshake cannot pin a socket.
+HANDSHAKE_TIMEOUT = 10.0
+# What a plain-HTTP request inside a tunnel starts with: a method token and a space.
+_METHOD_START = re.compile(rb"[A-Z]{1,20} ")
+_METHOD_PREFIX = re.compile(rb"[A-Z]{1,20}\Z")
 
 # Errors that mean "this client (or its upstream) misbehaved or went away": logged at
 # debug, never fatal to the listener. ssl.SSLError is an OSError; h11's remote errors
@@ -213,6 +223,7 @@ class ProxyRequestContext:
         absolute_form: bool,
         client: tuple[str, int] | None,
         idle_timeout: float,
+        close: bool = False,
     ) -> None:
         self.host = host
         """Target host from CONNECT or the absolute URL (lower-case, IPv6 unbracketed)."""
@@ -238,6 +249,7 @@ class ProxyRequestContext:
         self._reader = reader
         self._conn = reader.conn
         self._idle_timeout = idle_timeout
+        self._close = close  # the connection ends with this response: say so in it
         self._body_done = False
         self._finished = False
         self._detached = False
@@ -319,6 +331,8 @@ class ProxyRequestContext:
         self._check_live()
         if self.response_started:
             raise RuntimeError("response already started")
+        if self._close:
+            headers = [*headers, ("connection", "close")]
         await self._stream.send_all(self._conn.response(status, headers, reason))
 
     async def send(self, data: bytes) -> None:
@@ -481,6 +495,7 @@ class _Proxy:
         idle_timeout: float,
         connect_timeout: float,
         authorize: Authorize | None = None,
+        handshake_timeout: float,
     ) -> None:
         self.authorize = authorize
         self.intercept = intercept
@@ -491,6 +506,7 @@ class _Proxy:
         self.head_timeout = head_timeout
         self.idle_timeout = idle_timeout
         self.connect_timeout = connect_timeout
+        self.handshake_timeout = handshake_timeout
 
     async def handle(self, stream: trio.SocketStream) -> None:
         """serve_tcp's per-connection handler: nothing may escape from here."""
@@ -575,6 +591,7 @@ class _Proxy:
         username: str | None,
         absolute_form: bool,
         peer: tuple[str, int] | None,
+        close: bool = False,
     ) -> ProxyRequestContext:
         return ProxyRequestContext(
             stream=stream,
@@ -588,6 +605,7 @@ class _Proxy:
             absolute_form=absolute_form,
             client=peer,
             idle_timeout=self.idle_timeout,
+            close=close,
         )
 
     async def _help(self, reader: _Reader, head: RequestHead) -> None:
@@ -679,15 +697,34 @@ class _Proxy:
         peer: tuple[str, int] | None,
     ) -> None:
         await stream.send_all(reader.conn.connect_established())
-        first = reader.conn.trailing_data
-        if not first:
-            with trio.fail_after(self.head_timeout):
-                first = bytes(await stream.receive_some(RECEIVE_SIZE))
+        first = b""
+        tls: TLSStream | None = None
+        with trio.move_on_after(self.handshake_timeout) as deadline:
+            first = await _first_bytes(stream, reader.conn.trailing_data)
+            if first[:1] == b"\x16":  # a TLS handshake record
+                tls = await self._handshake(stream, req, first)
+        if deadline.cancelled_caught:
+            raise trio.TooSlowError("no TLS handshake within the deadline")
         if not first:
             return
-        if first[0] != 0x16:  # not a TLS handshake record: plain HTTP inside the tunnel
-            await self._serve_inner(PrefixedStream(stream, first), req, "http", peer)
+        if tls is None:
+            if not _METHOD_START.match(first):
+                raise ProxyProtocolError("neither TLS nor HTTP inside the tunnel")
+            # Plain HTTP inside CONNECT (curl --proxytunnel to an http:// URL): one
+            # request, its head within the handshake deadline, then the tunnel closes.
+            await self._serve_inner(PrefixedStream(stream, first), req, "http", peer, once=True)
             return
+        try:
+            await self._serve_inner(tls, req, "https", peer)
+        finally:
+            # Polite close_notify, bounded: the client may be gone already.
+            with trio.move_on_after(TLS_CLOSE_TIMEOUT):
+                with contextlib.suppress(*_CLIENT_ERRORS):
+                    await tls.aclose()
+
+    async def _handshake(
+        self, stream: trio.abc.Stream, req: ProxyRequest, first: bytes
+    ) -> TLSStream:
         ctx = self.certstore.cached_context(req.host)
         if ctx is None:
             # ~1.5 ms of key generation, signing and load_cert_chain: keep it off the
@@ -701,22 +738,25 @@ class _Proxy:
         # a close-delimited response (HTTP/1.0 client) is only trustworthy with it.
         # The bytes already read (ClientHello) go in first.
         tls = TLSStream(stream, ctx, server_side=True, initial=first)
-        try:
-            with trio.fail_after(self.head_timeout):
-                await tls.do_handshake()
-            await self._serve_inner(tls, req, "https", peer)
-        finally:
-            # Polite close_notify, bounded: the client may be gone already.
-            with trio.move_on_after(TLS_CLOSE_TIMEOUT):
-                with contextlib.suppress(*_CLIENT_ERRORS):
-                    await tls.aclose()
+        await tls.do_handshake()
+        return tls
 
     async def _serve_inner(
-        self, stream: trio.abc.Stream, req: ProxyRequest, scheme: str, peer: tuple[str, int] | None
+        self,
+        stream: trio.abc.Stream,
+        req: ProxyRequest,
+        scheme: str,
+        peer: tuple[str, int] | None,
+        *,
+        once: bool = False,
     ) -> None:
-        """The keep-alive request loop inside a CONNECT tunnel we terminate."""
+        """The keep-alive request loop inside a CONNECT tunnel we terminate.
+
+        ``once``: a single request, whose head must arrive within the handshake
+        deadline, answered with ``Connection: close``.
+        """
         reader = _Reader(stream, ServerConnection())
-        timeout = self.head_timeout
+        timeout = self.handshake_timeout if once else self.head_timeout
         while True:
             head = await reader.next_head(timeout)
             if head is None:
@@ -727,14 +767,41 @@ class _Proxy:
                 await reader.send_error(e.status, f"bad request: {e}")
                 raise
             ctx = self._context(
-                stream, reader, head, req.host, req.port, scheme, path, req.username, False, peer
+                stream,
+                reader,
+                head,
+                req.host,
+                req.port,
+                scheme,
+                path,
+                req.username,
+                False,
+                peer,
+                close=once,
             )
             ctx.proxy_authorization = req.proxy_authorization
-            if not await self._dispatch(ctx, self.handler):
+            if not await self._dispatch(ctx, self.handler) or once:
                 return
             if not await reader.finish_cycle(self.idle_timeout):
                 return
             timeout = self.idle_timeout
+
+
+async def _first_bytes(stream: trio.abc.Stream, pending: bytes) -> bytes:
+    """Enough of a tunnel's first bytes to tell TLS from HTTP from garbage.
+
+    One byte says TLS; HTTP needs its method token and the space after it.
+    ``b""`` when the client closed without sending anything.
+    """
+    data = pending
+    while not data or (data[0] != 0x16 and _METHOD_PREFIX.match(data)):
+        more = bytes(await stream.receive_some(RECEIVE_SIZE))
+        if not more:
+            if data:
+                raise ProxyProtocolError("the client closed the tunnel mid-request line")
+            return b""
+        data += more
+    return data
 
 
 async def _relay_bytes(a: trio.abc.Stream, b: trio.abc.Stream) -> None:
@@ -789,14 +856,18 @@ async def serve_proxy(
     idle_timeout: float = 300.0,
     connect_timeout: float = 30.0,
     authorize: Authorize | None = None,
+    handshake_timeout: float = HANDSHAKE_TIMEOUT,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the proxy listener until cancelled; ``task_status.started(bound_port)``.
 
     ``authorize`` sees the headers of every ``CONNECT`` and absolute-form request
     before it is served (the client-key check). ``head_timeout`` bounds how long a
-    new connection (or a new TLS handshake) may stay silent; ``idle_timeout`` bounds keep-alive idleness and each wait for request-body
-    or upstream bytes; ``connect_timeout`` bounds ``connect_upstream``.
+    new connection (or a new TLS handshake) may stay silent; ``idle_timeout`` bounds
+    keep-alive idleness and each wait for request-body or upstream bytes;
+    ``connect_timeout`` bounds ``connect_upstream``; ``handshake_timeout`` bounds an
+    intercepted tunnel's TLS handshake (from the ``200`` on) or, in a plain-HTTP
+    tunnel, its one request head.
     """
     # Create or load the CA before binding, off the event loop: a corrupt ca.key is a
     # start-up error (CAError), not a failure of the first intercepted connection.
@@ -811,6 +882,7 @@ async def serve_proxy(
         idle_timeout=idle_timeout,
         connect_timeout=connect_timeout,
         authorize=authorize,
+        handshake_timeout=handshake_timeout,
     )
     async with trio.open_nursery() as nursery:
         # An explicit host: with host=None serve_tcp binds IPv4 and IPv6 separately.

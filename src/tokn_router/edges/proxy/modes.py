@@ -34,11 +34,13 @@ import trio
 from tokn_router.accounts.config import ProxyModeConfig
 from tokn_router.clients.extract import KEY_PREFIX
 from tokn_router.edges.proxy.listener import ProxyRequestContext
+from tokn_router.errors import ConfigError
 from tokn_router.serve.call import Answer, Call, Headers
 from tokn_router.serve.common import Services
 from tokn_router.serve.forward import CLIENT_CREDENTIALS, forward, pick_account, refuse
 from tokn_router.serve.gate import Ticket
 from tokn_router.serve.routes import Endpoint, find_endpoint, serve_endpoint
+from tokn_router.wire import hosts
 
 log = logging.getLogger("tokn_router.proxy")
 
@@ -106,14 +108,29 @@ def api_path(method: str, path: str) -> str | None:
 
 
 class InterceptList:
-    """Which CONNECT targets are TLS-terminated: built-ins + intercept_hosts − passthrough_hosts."""
+    """Which CONNECT targets are TLS-terminated: built-ins + intercept_hosts − passthrough_hosts.
 
-    def __init__(self, cfg: ProxyModeConfig) -> None:
+    An entry that is no host (``a.example:http``) is left out and listed in
+    ``errors``; :func:`check_hosts` turns them into a ConfigError at start-up.
+    """
+
+    def __init__(self, cfg: ProxyModeConfig, *, warn: bool = True) -> None:
+        self.errors: list[str] = []
         self._hosts: set[tuple[str, int]] = {(h, 443) for h in BUILTIN_INTERCEPT}
-        for entry in cfg.intercept_hosts:
-            self._hosts.add(_host_port(entry))
-        self._skip = {_host_port(e) for e in cfg.passthrough_hosts}
+        self._hosts.update(self._entries("intercept_hosts", cfg.intercept_hosts))
+        self._skip = set(self._entries("passthrough_hosts", cfg.passthrough_hosts))
         self._skip_any = {h for h, p in self._skip if p == 443 and ":" not in h}
+        for error in self.errors if warn else ():
+            log.warning("[proxy_mode] %s; the entry is ignored", error)
+
+    def _entries(self, key: str, entries: list[str]) -> list[tuple[str, int]]:
+        out = []
+        for entry in entries:
+            try:
+                out.append(_host_port(entry))
+            except hosts.HostError as e:
+                self.errors.append(f"{key}: {e}")
+        return out
 
     def __call__(self, host: str, port: int) -> bool:
         host = host.lower().rstrip(".")
@@ -123,21 +140,23 @@ class InterceptList:
 
 
 def _host_port(entry: str) -> tuple[str, int]:
-    e = entry.strip().lower()
-    if e.startswith("["):
-        host, _, rest = e[1:].partition("]")
-        port = int(rest[1:]) if rest.startswith(":") else 443
-        return host, port
-    if e.count(":") == 1:
-        host, _, port_s = e.partition(":")
-        return host, int(port_s)
-    return e, 443
+    host, port = hosts.parse_authority(entry.strip(), 443, bare_ipv6=True)
+    return host, port or 443
+
+
+def check_hosts(cfg: ProxyModeConfig) -> None:
+    """ConfigError naming every ``[proxy_mode]`` host entry that is not a host."""
+    errors = InterceptList(cfg, warn=False).errors
+    if errors:
+        raise ConfigError("[proxy_mode] " + "; ".join(errors))
 
 
 class ProxyModes:
     """The route-mode handler given to :func:`tokn_router.edges.proxy.listener.serve_proxy`."""
 
     def __init__(self, *, svc: Services, default_mode: Callable[[], str]) -> None:
+        # a bad host entry is a start-up error; after a reload it is logged and skipped
+        check_hosts(svc.config().proxy_mode)
         self.svc = svc
         self.default_mode = default_mode
         self.active = 0
