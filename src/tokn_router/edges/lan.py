@@ -34,11 +34,11 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import trio
 from quart import Response, request
+from quart_trio import QuartTrio
 from werkzeug.exceptions import NotFound
 
 from tokn_router.edges.lan_scripts import PREFIX, LanURLs, env_script
@@ -175,7 +175,7 @@ def _public_pem(path: Path, data: bytes, expected_sha256: str) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def register(app: Any, lan_info: Callable[[], LanInfo | None]) -> None:
+def register(app: QuartTrio, lan_info: Callable[[], LanInfo | None]) -> None:
     """Add the LAN routes; they answer only while ``lan_info()`` gives one (404 otherwise).
 
     The daemon publishes the info after building the app (and replaces it once the

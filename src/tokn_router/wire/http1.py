@@ -300,6 +300,10 @@ def response_headers(headers: HeaderInput) -> list[tuple[bytes, bytes]]:
     return out
 
 
+# A documented h11 state that h11's type stubs do not re-export.
+_MIGHT_SWITCH_PROTOCOL = h11.MIGHT_SWITCH_PROTOCOL  # type: ignore[attr-defined]
+
+
 class ServerConnection:
     """One client connection, server side, as events in and bytes out."""
 
@@ -369,7 +373,7 @@ class ServerConnection:
             h11.DONE,
             h11.MUST_CLOSE,
             h11.CLOSED,
-            h11.MIGHT_SWITCH_PROTOCOL,
+            _MIGHT_SWITCH_PROTOCOL,
             h11.SWITCHED_PROTOCOL,
         )
 
