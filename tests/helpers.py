@@ -41,3 +41,19 @@ def cached_usage_of(row: dict[str, Any]) -> dict[str, Any]:
     """The ``CACHED_LEDGER`` keys of a row's usage_json."""
     u = json.loads(row["usage_json"])
     return {k: u.get(k) for k in CACHED_LEDGER}
+
+
+# Every variable `tokn-router proxy env` exports, as a user's tools read them.
+PROXY_ENV_NAMES = (
+    "HTTPS_PROXY",
+    "HTTP_PROXY",
+    "https_proxy",
+    "http_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+    "NODE_EXTRA_CA_CERTS",
+)

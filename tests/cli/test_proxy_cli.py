@@ -19,22 +19,11 @@ from cryptography.hazmat.primitives import hashes
 
 from tests.conftest import EnvHome
 from tests.fakes.process import CLI
+from tests.helpers import PROXY_ENV_NAMES
 
 RunCli = Callable[..., subprocess.CompletedProcess[str]]
 
-NAMES = (
-    "HTTPS_PROXY",
-    "HTTP_PROXY",
-    "https_proxy",
-    "http_proxy",
-    "NO_PROXY",
-    "no_proxy",
-    "SSL_CERT_FILE",
-    "REQUESTS_CA_BUNDLE",
-    "CURL_CA_BUNDLE",
-    "GIT_SSL_CAINFO",
-    "NODE_EXTRA_CA_CERTS",
-)
+NAMES = PROXY_ENV_NAMES
 BUNDLE_VARS = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO")
 FINGERPRINT_RE = re.compile(r"^(?:[0-9A-F]{2}:){31}[0-9A-F]{2}$")
 POSIX_SHELLS = ["sh"] + [s for s in ("bash", "zsh") if shutil.which(s)]

@@ -17,7 +17,7 @@ import pytest
 import trustme
 
 from tests.fakes import FakeUpstream
-from tests.helpers import CACHED_LEDGER, CACHED_USAGE, cached_usage_of, ledger_rows
+from tests.helpers import CACHED_LEDGER, CACHED_USAGE, PROXY_ENV_NAMES, cached_usage_of, ledger_rows
 
 CHAT = "/chat/completions"
 OPENAI_CHAT = "https://api.openai.com/v1/chat/completions"
@@ -45,19 +45,7 @@ def client_env(cli_env: dict[str, str], penv: dict[str, str]) -> dict[str, str]:
     env = dict(cli_env)
     for k in ("NO_PROXY", "no_proxy"):
         env.pop(k, None)
-    keys = (
-        "HTTPS_PROXY",
-        "HTTP_PROXY",
-        "https_proxy",
-        "http_proxy",
-        "NO_PROXY",
-        "no_proxy",
-        "SSL_CERT_FILE",
-        "REQUESTS_CA_BUNDLE",
-        "CURL_CA_BUNDLE",
-        "GIT_SSL_CAINFO",
-        "NODE_EXTRA_CA_CERTS",
-    )
+    keys = PROXY_ENV_NAMES
     env.update({k: penv[k] for k in keys if k in penv})
     return env
 

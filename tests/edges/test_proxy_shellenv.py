@@ -11,22 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import PROXY_ENV_NAMES
 from tokn_router.edges.proxy.shellenv import DEFAULT_NO_PROXY, env_script, env_vars, quote
 
 PROXY_URL = "http://passthrough@127.0.0.1:4142"
-NAMES = [
-    "HTTPS_PROXY",
-    "HTTP_PROXY",
-    "https_proxy",
-    "http_proxy",
-    "NO_PROXY",
-    "no_proxy",
-    "SSL_CERT_FILE",
-    "REQUESTS_CA_BUNDLE",
-    "CURL_CA_BUNDLE",
-    "GIT_SSL_CAINFO",
-    "NODE_EXTRA_CA_CERTS",
-]
+NAMES = list(PROXY_ENV_NAMES)
 
 # sh is always tested; the others only where their binary exists (no silent skips).
 SHELLS = ["sh"] + [s for s in ("bash", "zsh", "fish", "pwsh") if shutil.which(s)]
