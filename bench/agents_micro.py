@@ -69,7 +69,7 @@ def _chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
 
 
 def chat_events(n: int, *, tool: bool) -> list[bytes]:
-    """A Copilot chat stream (protocol reference §3): prelude, n deltas, finish, usage."""
+    """A Copilot-shaped chat stream: prelude, n deltas, finish, usage."""
     out = [
         _data(
             {

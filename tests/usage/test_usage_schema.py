@@ -16,7 +16,7 @@ from tokn_router.usage.schema import UsageDbError, open_db, open_readonly
 SNAPSHOTS = Path(__file__).resolve().parents[2] / "schemas" / "usage"
 PACKAGED = Path(schema.__file__).parent / "sql"
 
-# SPEC §9: the columns of the v0.2.0 `requests` table, in order.
+# The columns of the v0.2.0 `requests` table, in order (the original tool's files).
 V020_COLUMNS = [
     ("id", "INTEGER", 0, 1),
     ("ts", "INTEGER", 1, 0),

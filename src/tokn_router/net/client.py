@@ -7,7 +7,7 @@ reused; building TLS contexts costs tens of milliseconds.
 
 The transport is pluggable (:func:`make_transport`): httpx's stock connection
 pool scans every pooled connection per request, which grows with concurrency
-(stack notes §10), so the transport can be swapped without touching callers.
+(see :mod:`tokn_router.net.transport`), so the transport can be swapped without touching callers.
 """
 
 from __future__ import annotations
@@ -155,7 +155,8 @@ def make_transport(
 ) -> httpx.AsyncBaseTransport:
     """The transport under a client; replaceable (see module docstring)."""
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=200, keepalive_expiry=60)
-    # socks5:// and socks5h:// both resolve names at the proxy (stack notes §3).
+    # httpx's SOCKS support resolves names at the proxy for socks5:// as well as
+    # socks5h://, which is what users behind a SOCKS proxy need anyway.
     return httpx.AsyncHTTPTransport(verify=verify, limits=limits, proxy=proxy, trust_env=False)
 
 

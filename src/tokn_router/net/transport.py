@@ -1,6 +1,6 @@
 """A small HTTP/1.1 upstream transport for httpx, built on trio streams and h11.
 
-Why this exists (stack notes §10): httpcore's connection pool is O(pool size) per
+Why this exists: httpcore's connection pool is O(pool size) per
 request. On every request and every response close,
 ``AsyncConnectionPool._assign_requests_to_connections`` calls ``has_expired()``
 (a ``poll`` on the socket) for *every* pooled connection. With 200 concurrent

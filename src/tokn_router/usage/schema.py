@@ -29,7 +29,7 @@ from pathlib import Path
 from tokn_router.errors import ToknError
 
 # The snapshot files follow the VERSION line: while it is v0.2.x, the current
-# schema is the v0.2.0 one (SPEC §2).
+# schema is the v0.2.0 one (the release line names the snapshot, not each patch).
 CURRENT = "v0.2.0"
 ORIGINAL = "v0.0.0"
 # Forward-only steps: (from, to, file in sql/).

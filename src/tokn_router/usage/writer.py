@@ -38,7 +38,7 @@ from tokn_router.usage.schema import DEFAULT_BUSY_TIMEOUT_MS, UsageDbError, open
 
 log = logging.getLogger("tokn_router.usage")
 
-BATCH_MAX = 500  # rows per transaction (reference/trio-stack-notes.md §8)
+BATCH_MAX = 500  # rows per transaction: one commit per flush, with bounded latency
 # How long the writer waits for more rows after the first one. Sequential
 # requests would otherwise cost one thread hop and one commit each (the bench
 # measured a third of the daemon's CPU per request there); 50 ms is invisible
