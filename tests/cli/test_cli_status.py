@@ -13,6 +13,7 @@ import httpx
 from tests.fakes import FakeUpstream
 from tests.fakes.process import CLI
 from tests.helpers import stop
+from tokn_router.cli.status import account_detail
 
 CHECK_LINE = re.compile(r"^(OK|INFO|WARN|FAIL) +(?P<name>[^:]+): (?P<detail>.+)$")
 
@@ -196,3 +197,28 @@ def test_doctor_checks_the_shell_trusts_the_proxy_ca(
     (shell,) = checks(r2.stdout)["shell"]
     assert shell == "OK    shell: uses the tokn-router proxy and trusts its CA"
     assert checks(r2.stdout)["proxy CA"][0].startswith("OK    proxy CA: ")
+
+
+def test_status_shows_each_accounts_windows() -> None:
+
+    now = 1_000_000.0
+    healthy = {
+        "state": "healthy",
+        "models": 3,
+        "windows": {
+            "weekly": {"remaining_pct": 40.0, "reset_at": int(now + 2 * 86400)},
+            "session": {"unlimited": True, "remaining_pct": None},
+        },
+    }
+    assert (
+        account_detail(healthy, now)
+        == "3 models [session unlimited; weekly 40% left, resets in 2d]"
+    )
+    shut = {
+        "state": "quota_exhausted",
+        "retry_after_secs": 3600,
+        "last_error": "429: weekly limit",
+        "windows": {"weekly": {"remaining_pct": 0, "exhausted_until": int(now + 3600)}},
+    }
+    assert account_detail(shut, now) == "retry in 60m: 429: weekly limit [weekly used up for 60m]"
+    assert account_detail({"state": "healthy", "models": 2}, now) == "2 models"

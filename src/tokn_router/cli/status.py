@@ -143,9 +143,39 @@ def _table(rows: list[list[str]]) -> list[str]:
     ]
 
 
+def window_detail(a: dict[str, Any], now: float) -> str:
+    """The account's rate windows from /healthz, e.g. ``weekly 40% left, resets in 2d``."""
+    windows = a.get("windows")
+    if not isinstance(windows, dict):
+        return ""
+    parts = []
+    for name, w in sorted(windows.items()):
+        if not isinstance(w, dict):
+            continue
+        if isinstance(w.get("exhausted_until"), (int, float)):
+            text = f"{name} used up for {span(max(0, w['exhausted_until'] - now))}"
+        elif w.get("unlimited"):
+            text = f"{name} unlimited"
+        elif isinstance(w.get("remaining_pct"), (int, float)):
+            text = f"{name} {w['remaining_pct']:g}% left"
+        else:
+            continue
+        reset = w.get("reset_at")
+        if isinstance(reset, (int, float)) and reset > now and "used up" not in text:
+            text += f", resets in {span(reset - now)}"
+        parts.append(text)
+    return "; ".join(parts)
+
+
 def account_detail(a: dict[str, Any], now: float) -> str:
+    detail = _state_detail(a, now)
+    windows = window_detail(a, now)
+    return f"{detail} [{windows}]" if windows else detail
+
+
+def _state_detail(a: dict[str, Any], now: float) -> str:
     state = a.get("state", "?")
-    if state == "cooling_down":
+    if state in ("cooling_down", "quota_exhausted"):
         left = a.get("retry_after_secs")
         if left is None and isinstance(a.get("cooldown_until"), (int, float)):
             left = a["cooldown_until"] - now
