@@ -114,8 +114,9 @@ def test_refresher_retries_with_injected_backoff(fake: FakeUpstream) -> None:
             ref = Refresher(pool, client, Config().github, persist, retry_first=0.05, retry_cap=0.2)
             n.start_soon(ref.run_account, st)
             await until(lambda: fake.exchange_count("gho_fast") >= 4)
-            assert st.credential is None and not st.usable(time.time())
-            assert st.exchange_failures >= 3
+            # (whether it is usable right now depends on where in its short hold we look)
+            assert st.credential is None and st.exchange_failures >= 3
+            assert st.last_error and "token exchange failed: HTTP 503" in st.last_error
             assert st.credential_hold_until - time.time() <= 0.2  # held no longer than the cap
             gh.exchange_failure = None
             await until(lambda: st.credential is not None)
