@@ -7,6 +7,7 @@ exports variables that a real ``curl`` then uses through the proxy).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -27,8 +28,9 @@ from tokn_router.accounts.pool import Pool
 from tokn_router.accounts.refresher import Refresher
 from tokn_router.edges.api import ApiServices, create_app
 from tokn_router.edges.lan import LanInfo, parse_host_header
+from tokn_router.edges.lan_scripts import LanURLs, _fill, env_script
 from tokn_router.edges.proxy.ca import CertStore
-from tokn_router.edges.proxy.shellenv import SHELLS
+from tokn_router.edges.proxy.shellenv import SHELLS, env_vars
 from tokn_router.net.client import ProxySetting, make_client
 from tokn_router.serve.relay import Relay
 
@@ -251,6 +253,58 @@ def test_parse_host_header_rejects(host: str) -> None:
 )
 def test_parse_host_header(value: str, expected: tuple[str, int | None]) -> None:
     assert parse_host_header(value) == expected
+
+
+# The variables each shell's template sets (the templates spell the names out).
+_SET_RE = {
+    "sh": r"^\s*export (\w+)=",
+    "fish": r"^\s*set -gx (\w+) ",
+    "pwsh": r"^\s*\$env:(\w+) = ",
+}
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("proxy_port", [4142, None])
+def test_env_script_sets_the_proxy_env_variables(shell: str, proxy_port: int | None) -> None:
+    # The LAN templates must set the same variables as `proxy env` (shellenv.env_vars),
+    # less the proxy ones when the server runs no proxy.
+    urls = LanURLs.build("10.0.0.2", 4141, proxy_port, "AB:CD")
+    script = env_script(shell, urls)
+    names = set(re.findall(_SET_RE.get(shell, _SET_RE["sh"]), script, re.MULTILINE))
+    expected = {"OPENAI_BASE_URL", "OPENAI_API_KEY", "ANTHROPIC_API_KEY", *env_vars("", "", "")}
+    if proxy_port is None:
+        expected -= {*PROXY_VARS, "NO_PROXY", "no_proxy"}
+    assert names == expected
+    assert "@@" not in script
+
+
+@pytest.mark.parametrize(
+    ("template", "values", "message"),
+    [
+        ("a=@@a@@ b=@@b@@\n", {"a": "1"}, "needs values for: b"),
+        ("a=@@a@@\n", {"a": "1", "b": "2"}, "does not use: b"),
+        ("a=@@A@@\n", {}, "malformed"),
+        ("a=@@a\n", {"a": "1"}, "malformed"),
+        # a value for a proxy-only line is unused when the proxy is off
+        ("x\n@@proxy@@p=@@p@@\n", {"p": "1"}, "does not use: p"),
+    ],
+)
+def test_template_fill_fails_loudly(template: str, values: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        _fill(template, values, proxy=False)
+
+
+def test_template_fill_keeps_proxy_lines_and_values_verbatim() -> None:
+    template = "a=@@a@@\n@@proxy@@p=@@p@@\nend\n"
+    assert _fill(template, {"a": "'@@x@@'", "p": "1"}, proxy=True) == "a='@@x@@'\np=1\nend\n"
+    assert _fill(template, {"a": "2"}, proxy=False) == "a=2\nend\n"
+
+
+def test_env_script_refuses_a_line_break_in_a_commented_url() -> None:
+    urls = LanURLs.build("10.0.0.2", 4141, None, "AB:CD")
+    bad = dataclasses.replace(urls, env_url="http://x/\nrm -rf ~")
+    with pytest.raises(ValueError, match="line break"):
+        env_script("sh", bad)
 
 
 # ------------------------------------------------------------------ end to end
