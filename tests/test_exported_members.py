@@ -53,6 +53,7 @@ FACES: dict[str, list[str]] = {
     "tokn_router.edges.proxy": [
         "ca",
         "certs",
+        "exchange",
         "listener",
         "modes",
         "shellenv",

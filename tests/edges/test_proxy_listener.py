@@ -16,10 +16,10 @@ import trustme
 from cryptography import x509
 
 from tokn_router.edges.proxy.ca import CertStore
+from tokn_router.edges.proxy.exchange import ProxyRequestContext
 from tokn_router.edges.proxy.listener import (
     ConnectUpstream,
     Handler,
-    ProxyRequestContext,
     open_direct,
     serve_proxy,
 )

@@ -8,6 +8,7 @@ Nothing is imported here, so ``proxy env`` stays cheap to start.
 __all__ = [
     "ca",
     "certs",
+    "exchange",
     "listener",
     "modes",
     "shellenv",

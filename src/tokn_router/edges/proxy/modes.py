@@ -33,7 +33,7 @@ import trio
 
 from tokn_router.accounts.config import ProxyModeConfig
 from tokn_router.clients.extract import KEY_PREFIX
-from tokn_router.edges.proxy.listener import ProxyRequestContext
+from tokn_router.edges.proxy.exchange import ProxyRequestContext
 from tokn_router.errors import ConfigError
 from tokn_router.serve.call import Answer, Call, Headers
 from tokn_router.serve.common import Services
