@@ -13,6 +13,9 @@ Two jobs, neither of which touches a socket:
   streamed (SSE) response is never held back.
 
 The I/O loop lives in :mod:`tokn_router.edges.proxy.listener`.
+
+It is one module of over 400 lines because the request classification, the head
+limits and the server connection state machine state one set of rules together.
 """
 
 from __future__ import annotations
