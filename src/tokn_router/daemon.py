@@ -44,8 +44,6 @@ from tokn_router.accounts.providers.base import Credential
 from tokn_router.accounts.refresher import Refresher
 from tokn_router.edges.api import ApiServices, create_app
 from tokn_router.edges.lan import LanInfo
-from tokn_router.edges.proxy import listener
-from tokn_router.edges.proxy.modes import BUILTIN_INTERCEPT, InterceptList, ProxyModes
 from tokn_router.errors import ToknError, UsageError
 from tokn_router.net.client import ProxySetting, make_client, tls_context
 from tokn_router.net.transport import TrioH11Transport
@@ -135,7 +133,8 @@ class _DropListenerLine(logging.Filter):
 
 
 def setup_logging() -> None:
-    level = os.environ.get("TOKN_ROUTER_LOG", "info").upper()
+    asked = os.environ.get("TOKN_ROUTER_LOG", "").strip()
+    level = (asked or "info").upper()
     logging.basicConfig(
         stream=sys.stderr,
         level=getattr(logging, level, logging.INFO),
@@ -146,6 +145,10 @@ def setup_logging() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpx2").setLevel(logging.WARNING)
     logging.getLogger("tokn_router.proxy").addFilter(_DropListenerLine())
+    if not asked:
+        # the line per request (serve/common.py) is for whoever asks for
+        # TOKN_ROUTER_LOG=info; the default keeps stderr to events
+        logging.getLogger("tokn_router.request").setLevel(logging.WARNING)
 
 
 def _say(line: str) -> None:
@@ -228,7 +231,9 @@ class Daemon:
                 ca_sha256=self._certstore.fingerprint_sha256(),
             )
         async with self.client, trio.open_nursery() as root:
-            await root.start(self._ledger.run)
+            # not awaited: opening (or creating) the database runs in a thread
+            # while the listeners bind; rows submitted meanwhile wait in its channel
+            root.start_soon(self._ledger.run)
             try:
                 async with trio.open_nursery() as services:
                     self._services = services
@@ -261,6 +266,10 @@ class Daemon:
                 self._ledger.close()
 
     async def _start_proxy(self, nursery: trio.Nursery, svc: Services) -> str:
+        # imported here: a daemon without the proxy never loads its modules
+        from tokn_router.edges.proxy import listener
+        from tokn_router.edges.proxy.modes import InterceptList, ProxyModes
+
         self._modes = ProxyModes(
             svc=svc,
             default_mode=lambda: self.opts.proxy_route_mode or self.cfg.proxy_mode.route_mode,
@@ -301,6 +310,8 @@ class Daemon:
         A leaf and its TLS context cost ~2 ms each; doing them now keeps that
         out of the first request every agent makes to api.openai.com & co.
         """
+        from tokn_router.edges.proxy.modes import BUILTIN_INTERCEPT
+
         for host in BUILTIN_INTERCEPT:
             await trio.to_thread.run_sync(self._certstore.warm, host)
 

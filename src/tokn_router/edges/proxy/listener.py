@@ -25,11 +25,11 @@ import functools
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import h11
 import trio
 
-from tokn_router.edges.proxy.ca import CertStore
 from tokn_router.net import h1client
 from tokn_router.net.streams import PrefixedStream, TLSStream
 from tokn_router.wire.http1 import (
@@ -48,6 +48,11 @@ from tokn_router.wire.http1 import (
     origin_path,
     response_headers,
 )
+
+if TYPE_CHECKING:
+    # the daemon hands the store in; importing it here would load cryptography
+    # (~30 ms) at every start-up, with or without the proxy
+    from tokn_router.edges.proxy.ca import CertStore
 
 __all__ = [
     "ConnectUpstream",
