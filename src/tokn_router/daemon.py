@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import functools
+import gc
 import ipaddress
 import logging
 import os
@@ -252,6 +253,11 @@ class Daemon:
                     if self.opts.api:
                         url = await self._start_api(services, create_app(svc))
                     self._banner(url, proxy_url)
+                    # start-up is over: what it built lives as long as the process,
+                    # so the collector never walks it again (and is on again if
+                    # `serve` turned it off for the imports)
+                    gc.freeze()
+                    gc.enable()
                     services.start_soon(self._watch_config)
                     await self.shutdown.wait()
                     if self.opts.api:
