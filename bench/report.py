@@ -169,6 +169,7 @@ def _trio(base: str, *, ratio: bool = True, vs_floor: bool = True) -> tuple[str,
 
 CONFIG_FIGURE_KEYS: tuple[str, ...] = (
     "startup_s",
+    "startup_cpu_s",
     "idle_rss_mb",
     "floor_idle_rss_mb",
     *_trio("nonstream_p50_ms"),
@@ -316,6 +317,7 @@ def config_figures(
     """The figures of one configuration (None where a phase did not run)."""
     f: dict[str, float | int | None] = dict.fromkeys(CONFIG_FIGURE_KEYS)
     f["startup_s"] = startup.get("startup_s")
+    f["startup_cpu_s"] = startup.get("startup_cpu_s")
     f["idle_rss_mb"] = startup.get("idle_rss_mb")
     f["floor_idle_rss_mb"] = startup.get("floor_idle_rss_mb")
 
@@ -581,6 +583,7 @@ ROWS: tuple[tuple[str, str | None, str | None, str | None, str | None], ...] = (
     ("500 paced: CPU / event (us)", None, "cpu_per_event_us_paced500_floor", "cpu_per_event_us_paced500", "cpu_event_paced"),
     ("CPU / paced event, 500 vs 1 stream (x)", None, "paced_cpu_growth_floor", "paced_cpu_growth", "paced_flat"),
     ("start-up to first 200 on /v1/models (s)", None, None, "startup_s", "startup"),
+    ("start-up: daemon CPU to that 200 (s)", None, None, "startup_cpu_s", None),
     ("idle RSS (MB)", None, "floor_idle_rss_mb", "idle_rss_mb", "idle_rss"),
 )  # fmt: skip
 

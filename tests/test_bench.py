@@ -42,6 +42,7 @@ CONFIG_ERROR_FIGURES = (
 # Measured (a number > 0) on every run.
 CONFIG_POSITIVE_FIGURES = (
     "startup_s",
+    "startup_cpu_s",
     "idle_rss_mb",
     "floor_idle_rss_mb",
     *(

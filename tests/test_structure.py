@@ -60,6 +60,8 @@ LAZY_IMPORTS: dict[tuple[str, str], str] = {
     ("tokn_router.cli.proxy_cmd", "tokn_router.daemon"): _CLI_STARTUP,
     ("tokn_router.cli.proxy_cmd", "tokn_router.edges.proxy.ca"): _CA_STARTUP,
     ("tokn_router.daemon", "tokn_router.edges.proxy.ca"): _PROXY_STARTUP,
+    ("tokn_router.daemon", "tokn_router.edges.proxy.listener"): _PROXY_STARTUP,
+    ("tokn_router.daemon", "tokn_router.edges.proxy.modes"): _PROXY_STARTUP,
 }
 
 

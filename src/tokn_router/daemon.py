@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import functools
+import gc
 import logging
 import os
 import signal
@@ -62,8 +63,6 @@ from tokn_router.clients.limits import PERIOD_SECS
 from tokn_router.clients.policy import AuthMode, auth_mode, is_loopback_bind
 from tokn_router.edges.api import ApiServices, create_app
 from tokn_router.edges.lan import LanInfo
-from tokn_router.edges.proxy import listener
-from tokn_router.edges.proxy.modes import BUILTIN_INTERCEPT, InterceptList, ProxyModes
 from tokn_router.errors import ToknError
 from tokn_router.net.client import ProxySetting, make_client, tls_context
 from tokn_router.net.transport import TrioH11Transport
@@ -209,7 +208,8 @@ class _DropListenerLine(logging.Filter):
 
 
 def setup_logging() -> None:
-    level = os.environ.get("TOKN_ROUTER_LOG", "info").upper()
+    asked = os.environ.get("TOKN_ROUTER_LOG", "").strip()
+    level = (asked or "info").upper()
     logging.basicConfig(
         stream=sys.stderr,
         level=getattr(logging, level, logging.INFO),
@@ -220,6 +220,10 @@ def setup_logging() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpx2").setLevel(logging.WARNING)
     logging.getLogger("tokn_router.proxy").addFilter(_DropListenerLine())
+    if not asked:
+        # the line per request (serve/common.py) is for whoever asks for
+        # TOKN_ROUTER_LOG=info; the default keeps stderr to events
+        logging.getLogger("tokn_router.request").setLevel(logging.WARNING)
 
 
 def _say(line: str) -> None:
@@ -350,6 +354,11 @@ class Daemon:
                     if self.opts.api:
                         url = await self._start_api(services, create_app(svc))
                     self._banner(url, proxy_url)
+                    # start-up is over: what it built lives as long as the process,
+                    # so the collector never walks it again (and is on again if
+                    # `serve` turned it off for the imports)
+                    gc.freeze()
+                    gc.enable()
                     services.start_soon(self._watch_config)
                     await self.shutdown.wait()
                     await self._drain()
@@ -385,6 +394,10 @@ class Daemon:
             await self._requests_done()
 
     async def _start_proxy(self, nursery: trio.Nursery, svc: Services) -> str:
+        # imported here: a daemon without the proxy never loads its modules
+        from tokn_router.edges.proxy import listener
+        from tokn_router.edges.proxy.modes import InterceptList, ProxyModes
+
         self._modes = ProxyModes(
             svc=svc,
             default_mode=lambda: self.opts.proxy_route_mode or self.cfg.proxy_mode.route_mode,
@@ -426,6 +439,8 @@ class Daemon:
         A leaf and its TLS context cost ~2 ms each; doing them now keeps that
         out of the first request every agent makes to api.openai.com & co.
         """
+        from tokn_router.edges.proxy.modes import BUILTIN_INTERCEPT
+
         for host in BUILTIN_INTERCEPT:
             await trio.to_thread.run_sync(self._certstore.warm, host)
 

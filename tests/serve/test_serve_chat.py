@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from typing import Any
 
 import httpx
 import openai
@@ -238,10 +239,17 @@ def test_curl_streaming(fake: FakeUpstream, write_config, daemon) -> None:
     assert out.rstrip().endswith("data: [DONE]")
 
 
-def test_models_union_with_metadata(fake: FakeUpstream, write_config, daemon) -> None:
+def test_models_union_with_metadata(fake: FakeUpstream, write_config, daemon, wait_for) -> None:
     write_config({"accounts": [fake.copilot_account("a1", "gho_alice"), fake.zai_account("z1")]})
     d = daemon()
-    models = _openai(d.url).models.list()
+
+    def live() -> Any:
+        # static entries are served until each account's live list is read
+        page = _openai(d.url).models.list()
+        sources = {m.model_dump()["x_tokn_router"]["source"] for m in page.data}
+        return page if sources == {"upstream"} else None
+
+    models = wait_for(live)
     by_id = {m.id: m.model_dump() for m in models.data}
     assert {"gpt-4.1", "claude-sonnet-4.5", "glm-4.7"} <= set(by_id)
     gpt = by_id["gpt-4.1"]

@@ -164,15 +164,30 @@ class Refresher:
         return st.provider.parse_refresh(resp.status_code, resp.content)
 
     async def fetch_models(self, st: AccountState) -> None:
-        token = st.token()
-        if not token:
+        """Read the account's live model list; the static one stays when that fails.
+
+        A 401 or 403 means the token went stale before its time (revoked, or
+        replaced by another client): as on the request path, refresh it once
+        (single-flight) and ask again, instead of settling for the static list
+        until the next read ten minutes later.
+        """
+        answer = await self._get_models(st)
+        if answer is None:
             return
-        url = st.base_url() + "/models"
-        try:
-            resp = await self.client.get(url, headers=st.provider.model_headers(st.account, token))
-        except httpx.HTTPError as e:
-            log.info("account %s: cannot list models (%s); using the static list", st.id, e)
-            return
+        gen, resp = answer
+        if resp.status_code in (401, 403) and st.provider.needs_refresh():
+            log.info(
+                "account %s: /models answered %s, refreshing the token once",
+                st.id,
+                resp.status_code,
+            )
+            if not await self.refresh(st, seen_generation=gen):
+                log.info("account %s: token refresh failed; using the static list", st.id)
+                return
+            answer = await self._get_models(st)
+            if answer is None:
+                return
+            _, resp = answer
         if resp.status_code != 200:
             log.info(
                 "account %s: /models answered %s; using the static list", st.id, resp.status_code
@@ -184,6 +199,20 @@ class Refresher:
             return
         st.models = {e["id"]: e for e in data if isinstance(e.get("id"), str)}
         st.models_fetched_at = time.monotonic()
+
+    async def _get_models(self, st: AccountState) -> tuple[int, httpx.Response] | None:
+        """``GET /models`` with the current token: (its credential generation, the answer)."""
+        token = st.token()
+        if not token:
+            return None
+        gen = st.generation
+        url = st.base_url() + "/models"
+        try:
+            resp = await self.client.get(url, headers=st.provider.model_headers(st.account, token))
+        except httpx.HTTPError as e:
+            log.info("account %s: cannot list models (%s); using the static list", st.id, e)
+            return None
+        return gen, resp
 
     async def run_account(self, st: AccountState) -> None:
         """One account's background task: keep the credential fresh, list models."""

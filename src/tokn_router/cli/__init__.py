@@ -103,11 +103,21 @@ def _console() -> Any:
     return _Console()
 
 
+_HELP_FLAGS = frozenset({"--help", "-h", "--version", "-V"})
+
+
+def _may_print_help(args: list[str]) -> bool:
+    # `serve` prints no rich output unless asked for help; rich.console costs the
+    # daemon's start-up ~25 ms (cyclopts makes a default console if it needs one)
+    return args[:1] != ["serve"] or any(a in _HELP_FLAGS for a in args)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    app.console = _console()
     try:
         args = _context.take_global_options(args)
+        if _may_print_help(args):
+            app.console = _console()
         result = app(args, exit_on_error=False, print_error=False, result_action="return_value")
         sys.stdout.flush()  # a closed pipe shows up here, not at interpreter exit
     except ToknError as e:

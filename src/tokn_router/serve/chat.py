@@ -95,13 +95,35 @@ def model_block(st: AccountState, model_id: str) -> dict[str, Any]:
     return block
 
 
+def model_entry(st: AccountState, entry: dict[str, Any]) -> dict[str, Any]:
+    """One ``/v1/models`` entry in the OpenAI shape, with where it came from.
+
+    Copilot's entries carry neither ``created`` nor ``owned_by``, which some
+    clients require (``created`` 0: upstream does not say). ``source`` is
+    ``upstream`` for the account's live list, ``static`` for the packaged one,
+    served until the live list is read (or when reading it failed).
+    """
+    out = {**entry}
+    out.setdefault("object", "model")
+    if out.get("created") is None:
+        out["created"] = 0
+    if not out.get("owned_by"):
+        out["owned_by"] = st.provider.id
+    block = model_block(st, str(entry.get("id")))
+    block["source"] = "upstream" if st.models else "static"
+    out["x_tokn_router"] = block
+    return out
+
+
 async def handle_models(svc: Services, call: Call) -> Answer:
-    """The union of the accounts' upstream models (no ledger row: nothing is served)."""
-    await svc.pool.wait_ready()
-    data = []
-    for st, entry in svc.pool.model_entries():
-        data.append({**entry, "x_tokn_router": model_block(st, str(entry.get("id")))})
+    """The union of the accounts' models, at once (no ledger row: nothing is served).
+
+    It does not wait for the accounts' first token exchange and model read
+    (two or three round trips to upstream after start-up): an account whose
+    live list is not read yet lists its static models, marked as such.
+    """
+    data = [model_entry(st, entry) for st, entry in svc.pool.model_entries()]
     return json_answer(200, _encode({"object": "list", "data": data}))
 
 
-__all__ = ["CHAT", "handle_chat", "handle_models", "model_block"]
+__all__ = ["CHAT", "handle_chat", "handle_models", "model_block", "model_entry"]

@@ -42,6 +42,8 @@ from tokn_router.wire.translate.models import resolve_model
 from tokn_router.wire.validate import require_model
 
 log = logging.getLogger("tokn_router.api")
+request_log = logging.getLogger("tokn_router.request")
+"""One line per finished request; on with an explicit ``TOKN_ROUTER_LOG=info`` (or debug)."""
 
 
 @dataclass
@@ -60,14 +62,65 @@ class Services:
 
     def new_log(self, call: Call, endpoint: str) -> RequestLog:
         return RequestLog(
-            endpoint=endpoint, source=call.source, route_mode=call.route_mode, key=call.client_key
+            endpoint=endpoint,
+            method=call.method,
+            source=call.source,
+            route_mode=call.route_mode,
+            key=call.client_key,
         )
 
     def finish(
         self, rlog: RequestLog, *, status: int | None = None, error: str | None = None
     ) -> None:
-        """Close the request's ledger row and report it (once)."""
+        """Close the request's ledger row and report it (once); log it at info level."""
+        if rlog.reported:
+            return
         finish_row(rlog, self.report, status=status, error=error)
+        # checked first: with the line off (the default) nothing is formatted
+        if request_log.isEnabledFor(logging.INFO):
+            log_request(rlog)
+
+
+def _count(n: int | None) -> str:
+    return "?" if n is None else str(n)
+
+
+def _printable(text: str) -> str:
+    # the model id comes from the client: a newline in it must not forge a log line
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
+def log_request(rlog: RequestLog) -> None:
+    """``POST /v1/chat/completions 200 12ms model=gpt-4.1 account=alice tokens=in:12,out:5``.
+
+    Only what the ledger row holds, and no secret: ids, status, latency, token counts.
+    """
+    model = rlog.model or "-"
+    if rlog.upstream_model and rlog.upstream_model != rlog.model:
+        model = f"{model}->{rlog.upstream_model}"
+    model = _printable(model)
+    u = rlog.usage
+    tokens = "-"
+    if u is not None:
+        tokens = f"in:{_count(u.input)},out:{_count(u.output)}"
+        if u.cache_read:
+            tokens += f",cached:{u.cache_read}"
+        if u.reasoning:
+            tokens += f",reasoning:{u.reasoning}"
+    extra = " stream" if rlog.stream else ""
+    if rlog.source != "api":
+        extra += f" via={rlog.source}:{rlog.route_mode}"
+    request_log.info(
+        "%s %s %s %.0fms model=%s account=%s tokens=%s%s",
+        rlog.method,
+        _printable(rlog.endpoint),
+        rlog.status or "-",
+        rlog.latency_ms or 0.0,
+        model,
+        rlog.account_id or "-",
+        tokens,
+        extra,
+    )
 
 
 def error_answer(
@@ -243,6 +296,7 @@ __all__ = [
     "check_route_mode",
     "error_answer",
     "fail",
+    "log_request",
     "note_opened",
     "read_model_request",
     "read_request",

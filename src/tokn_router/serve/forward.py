@@ -66,7 +66,9 @@ def proxy_error(status: int, message: str) -> Answer:
 
 def refuse(svc: Services, call: Call, mode: str, provider_id: str | None, message: str) -> Answer:
     """Answer 400 and still record the request: every intercepted request has a row."""
-    rlog = RequestLog(endpoint=call.path, source="proxy", route_mode=mode, key=call.client_key)
+    rlog = RequestLog(
+        endpoint=call.path, method=call.method, source="proxy", route_mode=mode, key=call.client_key
+    )
     rlog.provider_id = provider_id
     svc.finish(rlog, status=400, error=message)
     return proxy_error(400, message)
@@ -83,7 +85,9 @@ async def forward(
     provider_id: str | None,
 ) -> Answer:
     """Send ``call`` to ``url`` and relay the answer; the row closes when the body ends."""
-    rlog = RequestLog(endpoint=call.path, source="proxy", route_mode=mode, key=call.client_key)
+    rlog = RequestLog(
+        endpoint=call.path, method=call.method, source="proxy", route_mode=mode, key=call.client_key
+    )
     try:
         body = await call.read_body(svc.config().server.max_body_bytes)
     except RequestError as e:

@@ -25,6 +25,7 @@ class RequestLog:
     """Everything the ledger records about one request, filled as it progresses."""
 
     endpoint: str
+    method: str = "POST"  # the client's HTTP method (the request log line shows it)
     source: Source = "api"
     route_mode: str = "route"
     key: str | None = None  # the client key's name; None for an anonymous request

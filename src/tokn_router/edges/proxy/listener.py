@@ -31,10 +31,10 @@ import functools
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import trio
 
-from tokn_router.edges.proxy.ca import CertStore
 from tokn_router.edges.proxy.exchange import (
     CLIENT_ERRORS,
     RECEIVE_SIZE,
@@ -57,6 +57,11 @@ from tokn_router.wire.http1 import (
     classify,
     origin_path,
 )
+
+if TYPE_CHECKING:
+    # the daemon hands the store in; importing it here would load cryptography
+    # (~30 ms) at every start-up, with or without the proxy
+    from tokn_router.edges.proxy.ca import CertStore
 
 __all__ = [
     "HANDSHAKE_TIMEOUT",
