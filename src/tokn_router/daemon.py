@@ -272,7 +272,13 @@ class Daemon:
         self._windows_path = window_store.path_for(opts.config_path)
         saved_windows, _ = window_store.load(self._windows_path)
         self.pool.restore_windows(saved_windows)
-        self.refresher = Refresher(self.pool, self.client, self.cfg.github, self._persist)
+        self.refresher = Refresher(
+            self.pool,
+            self.client,
+            self.cfg.github,
+            self._persist,
+            control_timeout=self.cfg.upstream.connect_timeout_secs,
+        )
         self._resets_path = resets.path_for(opts.config_path)
         self._resets_stat = self._stat(self._resets_path)
         self._resets_seen: dict[str, float] = {}

@@ -6,6 +6,7 @@ the pool and the refresher (their back-off constants injected so they run fast).
 
 from __future__ import annotations
 
+import functools
 import time
 
 import httpx
@@ -313,3 +314,37 @@ def test_usage_for_an_unknown_account_says_so(
     r = run_cli("usage", "--account", "alice")
     assert r.returncode == 0, r.stderr
     assert "alice" in r.stdout
+
+
+def test_a_silent_github_does_not_hold_the_exchange_for_the_read_timeout() -> None:
+    """The token exchange is a control-plane call: it gives up after its own short timeout."""
+
+    async def go() -> None:
+        async def silent(stream: trio.SocketStream) -> None:
+            await trio.sleep_forever()  # accepts the connection, never answers
+
+        async with trio.open_nursery() as n:
+            listeners = await n.start(
+                functools.partial(trio.serve_tcp, silent, 0, host="127.0.0.1")
+            )
+            port = listeners[0].socket.getsockname()[1]
+            acc = Account(
+                id="slow",
+                refresh_token="gho_slow",
+                refresh_url=f"http://127.0.0.1:{port}/copilot_internal/v2/token",
+            )
+            pool = Pool(Config(accounts=[acc]))
+            st = pool.states[0]
+
+            async def persist(_id: str, cred: Credential) -> None:
+                raise AssertionError("nothing to persist")
+
+            # the daemon's client reads streams for minutes; the exchange must not
+            async with httpx2.AsyncClient(timeout=300) as client:
+                ref = Refresher(pool, client, Config().github, persist, control_timeout=0.3)
+                with trio.fail_after(10):
+                    assert await ref.refresh(st) is False
+            assert st.last_error and "token exchange failed" in st.last_error
+            n.cancel_scope.cancel()
+
+    trio.run(go)

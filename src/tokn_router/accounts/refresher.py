@@ -42,6 +42,9 @@ REQUEST_RETRY_SECS = 30.0
 EXPIRY_MARGIN_SECS = 60.0
 
 
+CONTROL_TIMEOUT_SECS = 15.0  # default; the daemon passes [upstream] connect_timeout_secs
+
+
 def backoff_delay(failures: int, first: float, cap: float) -> float:
     """Seconds before background retry number ``failures`` (1 = the first retry)."""
     if failures <= 0:
@@ -73,8 +76,13 @@ class Refresher:
         retry_first: float = RETRY_FIRST_SECS,
         retry_cap: float = RETRY_CAP_SECS,
         request_retry: float = REQUEST_RETRY_SECS,
+        control_timeout: float = CONTROL_TIMEOUT_SECS,
     ) -> None:
         self.pool = pool
+        # The token exchange and /models are control-plane calls: a GitHub that accepts
+        # the connection and never answers must not hold them for the stream read
+        # timeout (minutes); they give up after this many seconds.
+        self.control_timeout = control_timeout
         self.client = client
         self.github = github
         self.persist = persist
@@ -156,7 +164,7 @@ class Refresher:
     async def _mint(self, st: AccountState) -> Credential:
         req = st.provider.refresh_request(st.account, self.github)
         try:
-            resp = await self.client.get(req.url, headers=req.headers)
+            resp = await self.client.get(req.url, headers=req.headers, timeout=self.control_timeout)
         except httpx.HTTPError as e:
             raise UpstreamError(
                 f"token exchange failed: cannot reach {req.url}: {type(e).__name__}: {e}"
@@ -208,7 +216,11 @@ class Refresher:
         gen = st.generation
         url = st.base_url() + "/models"
         try:
-            resp = await self.client.get(url, headers=st.provider.model_headers(st.account, token))
+            resp = await self.client.get(
+                url,
+                headers=st.provider.model_headers(st.account, token),
+                timeout=self.control_timeout,
+            )
         except httpx.HTTPError as e:
             log.info("account %s: cannot list models (%s); using the static list", st.id, e)
             return None
