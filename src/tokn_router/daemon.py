@@ -196,17 +196,6 @@ def listen_error(host: str, port: int, eg: BaseExceptionGroup[OSError], flag: st
     return ToknError(f"cannot listen on {shown}:{port}: {reason}{hint}")
 
 
-class _DropListenerLine(logging.Filter):
-    """Drop the proxy listener's own "proxy listening on" record.
-
-    The banner already prints that line on stdout (with the URL and route
-    mode); a second copy on stderr only confuses.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("proxy listening on")
-
-
 def setup_logging() -> None:
     asked = os.environ.get("TOKN_ROUTER_LOG", "").strip()
     level = (asked or "info").upper()
@@ -219,7 +208,6 @@ def setup_logging() -> None:
     logging.getLogger("hypercorn").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpx2").setLevel(logging.WARNING)
-    logging.getLogger("tokn_router.proxy").addFilter(_DropListenerLine())
     if not asked:
         # the line per request (serve/common.py) is for whoever asks for
         # TOKN_ROUTER_LOG=info; the default keeps stderr to events

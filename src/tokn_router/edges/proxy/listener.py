@@ -508,5 +508,5 @@ async def serve_proxy(
             functools.partial(trio.serve_tcp, proxy.handle, port, host=host)
         )
         bound = listeners[0].socket.getsockname()[1]
-        log.info("proxy listening on %s:%s", host, bound)
+        log.debug("proxy listening on %s:%s", host, bound)  # the daemon prints its own banner
         task_status.started(bound)
