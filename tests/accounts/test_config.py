@@ -276,10 +276,27 @@ def test_update_refuses_to_build_on_a_broken_hand_edit_made_meanwhile(tmp_path: 
 
     def edit(doc: Any) -> None:
         path.write_text("[server\nbroken")
+        doc["server"]["port"] = 3  # an edit that must be written
 
     with pytest.raises(ConfigError):
         ConfigFile(path).update(edit)
     assert path.read_text() == "[server\nbroken"  # the user's text, untouched
+
+
+def test_an_edit_that_changes_nothing_never_rewrites_the_file(tmp_path: Path) -> None:
+    """An editor's truncate-then-write caught half way must not be saved over its edit."""
+    path = tmp_path / "config.toml"
+    path.write_text("")  # what a reader sees between the editor's truncate and its write
+    before = path.stat()
+
+    def edit(doc: Any) -> None:
+        # the account was "removed meanwhile": a token persist then changes nothing
+        assert config.find_account_table(doc, "alice") is None
+        path.write_text('[[accounts]]\nid = "alice"\nprovider = "zai"\napi_key = "k"\n')
+
+    ConfigFile(path).update(edit)
+    assert 'id = "alice"' in path.read_text()  # the editor's text, not our empty one
+    assert path.stat().st_ino == before.st_ino  # never replaced
 
 
 def test_set_account_fields(tmp_path: Path) -> None:

@@ -310,6 +310,10 @@ class ConfigFile:
                 result = edit(doc)
                 new_text = tomlkit.dumps(doc)
                 cfg = parse(new_text, self.path)
+                if new_text == text:
+                    # Nothing to write. Never rewrite a file unchanged: what we read may be
+                    # an editor's truncate-then-write caught half way (an empty file).
+                    return cfg, result
                 if _stat_key(self.path) != seen:
                     continue  # changed under us: redo the edit on the new text
                 try:
