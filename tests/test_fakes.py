@@ -613,8 +613,10 @@ def test_package_face_is_locked() -> None:
         "BackgroundServer",
         "Daemon",
         "DeviceOutcome",
+        "Exchange",
         "FakeUpstream",
         "GithubAccount",
+        "H11Server",
         "HttpProxy",
         "ProxyRecord",
         "RecordedRequest",
@@ -624,6 +626,7 @@ def test_package_face_is_locked() -> None:
         "http_date",
         "merge_env",
         "run_cli",
+        "serve_h11",
         "wait_for",
     ]
     public = {

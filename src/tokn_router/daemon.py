@@ -19,7 +19,7 @@ budgets survive a restart.
 
 Shutdown: the listeners stop accepting and close idle keep-alive
 connections at once; requests in flight get ``server.shutdown_grace_secs``.
-Streams still running then are cut by cancelling their pumps, which ends each
+Streams still running then are cut by cancelling their helper tasks, which ends each
 with its API's error event (``server shutting down``, see
 :mod:`tokn_router.serve.pump`); hypercorn's own deadline, a moment later, bounds
 the rest. Then the services nursery is cancelled, the ledger channel closed,
@@ -271,10 +271,14 @@ class Daemon:
         self._resets_stat = self._stat(self._resets_path)
         self._resets_seen: dict[str, float] = {}
         self._started = time.time()
-        # per-request helper tasks (stream pumps), cut when the grace period ends
+        # per-request helper tasks (a stream's keep-alive ticker, its pump if it
+        # has one), cut when the grace period ends
         self._helper_scopes: set[trio.CancelScope] = set()
         self._helpers_cut = False
-        self.relay = Relay(self.pool, self.refresher, self.client)
+        proxied = self.proxy_setting.url is not None or self.proxy_setting.use_env
+        self.relay = Relay(
+            self.pool, self.refresher, self.client, direct=None if proxied else self.transport
+        )
         # a broken key store stops the start: serving without the keys it holds
         # would shut out (or, on loopback, mislabel) every client
         self.keys = KeyStore(config_mod.state_dir(opts.config_path)).load()
@@ -653,7 +657,7 @@ class Daemon:
         self._windows_saved = version
 
     def _spawn(self, fn: Any) -> None:
-        # Per-request helper tasks (stream pumps) belong to the services nursery,
+        # Per-request helper tasks (stream tickers and pumps) belong to the services nursery,
         # each in a scope _drain cancels when the grace period is over.
         assert self._services is not None
         scope = trio.CancelScope()

@@ -8,6 +8,7 @@ This package is the face of the fakes: tests import from ``tests.fakes``, whose
 from tests.fakes.combined import FakeUpstream
 from tests.fakes.copilot import embedding_for
 from tests.fakes.github import DeviceOutcome, GithubAccount
+from tests.fakes.h11_app import Exchange, H11Server, serve_h11
 from tests.fakes.process import Daemon, merge_env, run_cli, wait_for
 from tests.fakes.proxies import HttpProxy, ProxyRecord, Socks5Proxy
 from tests.fakes.server import BackgroundServer, RecordedRequest, Script, http_date
@@ -16,8 +17,10 @@ __all__ = [
     "BackgroundServer",
     "Daemon",
     "DeviceOutcome",
+    "Exchange",
     "FakeUpstream",
     "GithubAccount",
+    "H11Server",
     "HttpProxy",
     "ProxyRecord",
     "RecordedRequest",
@@ -27,5 +30,6 @@ __all__ = [
     "http_date",
     "merge_env",
     "run_cli",
+    "serve_h11",
     "wait_for",
 ]

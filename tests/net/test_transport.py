@@ -11,19 +11,18 @@ import json
 import os
 import ssl
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from pathlib import Path
 
-import h11
 import httpx2 as httpx
 import pytest
 import trio
 import trio.lowlevel
 import trustme
 
-from tokn_router.net.transport import TrioH11Transport
+from tests.fakes import Exchange, serve_h11
+from tokn_router.net.transport import TrioH11Transport, cancel_safe_body
 
 GUARD = 10  # seconds; only against hangs, never a timing assertion
 
@@ -34,156 +33,6 @@ def run(fn: Callable[[], Awaitable[None]]) -> None:
             await fn()
 
     trio.run(main)
-
-
-# -- a tiny h11 server ---------------------------------------------------------
-
-
-class Exchange:
-    """One request as the server sees it, with helpers to answer it."""
-
-    def __init__(
-        self,
-        server: Server,
-        stream: trio.abc.Stream,
-        h: h11.Connection,
-        req: h11.Request,
-        body: bytes,
-    ) -> None:
-        self.server = server
-        self.stream = stream
-        self.h = h
-        self.method = req.method.decode()
-        self.target = req.target.decode()
-        self.headers = {k.decode(): v.decode() for k, v in req.headers}
-        self.body = body
-        self.closed = False
-
-    async def _send(self, event: h11.Event) -> None:
-        data = self.h.send(event)
-        if data:
-            await self.stream.send_all(data)
-
-    async def start(self, status: int = 200, headers: Iterable[tuple[str, str]] = ()) -> None:
-        await self._send(h11.Response(status_code=status, headers=list(headers)))
-
-    async def send(self, data: bytes) -> None:
-        await self._send(h11.Data(data=data))
-
-    async def end(self) -> None:
-        await self._send(h11.EndOfMessage())
-
-    async def respond(
-        self,
-        body: bytes = b"",
-        status: int = 200,
-        headers: Iterable[tuple[str, str]] = (),
-        *,
-        chunked: bool = False,
-    ) -> None:
-        framing = (
-            [("Transfer-Encoding", "chunked")] if chunked else [("Content-Length", str(len(body)))]
-        )
-        # One write, so a small response reaches the client in one receive.
-        out = self.h.send(h11.Response(status_code=status, headers=[*framing, *headers])) or b""
-        if body:
-            out += self.h.send(h11.Data(data=body)) or b""
-        out += self.h.send(h11.EndOfMessage()) or b""
-        await self.stream.send_all(out)
-
-    async def close(self) -> None:
-        self.closed = True
-        await self.stream.aclose()
-
-    async def wait_disconnect(self) -> None:
-        """Until the client closes its end (EOF or reset)."""
-        try:
-            while await self.stream.receive_some(65536):
-                pass
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-
-
-App = Callable[[Exchange], Awaitable[None]]
-
-
-class Server:
-    def __init__(self, app: App) -> None:
-        self.app = app
-        self.port = 0
-        self.connections = 0
-        self.requests = 0
-        self.closed_connections = 0
-        self.connection_closed = trio.Event()  # set whenever one closes; re-armed
-        self.alpn: list[str | None] = []
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def handle(self, stream: trio.abc.Stream) -> None:
-        self.connections += 1
-        h = h11.Connection(h11.SERVER)
-        try:
-            if isinstance(stream, trio.SSLStream):
-                await stream.do_handshake()
-                self.alpn.append(stream.selected_alpn_protocol())
-            while True:
-                req: h11.Request | None = None
-                body = bytearray()
-                while True:
-                    event = h.next_event()
-                    if event is h11.NEED_DATA:
-                        h.receive_data(bytes(await stream.receive_some(65536)))
-                    elif isinstance(event, h11.Request):
-                        req = event
-                    elif isinstance(event, h11.Data):
-                        body += event.data
-                    elif isinstance(event, h11.EndOfMessage):
-                        break
-                    else:  # ConnectionClosed: client went away between requests
-                        return
-                assert req is not None
-                self.requests += 1
-                ex = Exchange(self, stream, h, req, bytes(body))
-                await self.app(ex)
-                if ex.closed or h.our_state is not h11.DONE or h.their_state is not h11.DONE:
-                    return
-                h.start_next_cycle()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
-            pass
-        finally:
-            await trio.aclose_forcefully(stream)
-            self.closed_connections += 1
-            self.connection_closed.set()
-            self.connection_closed = trio.Event()
-
-
-@asynccontextmanager
-async def serve(app: App, ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[Server]:
-    server = Server(app)
-    async with trio.open_nursery() as nursery:
-        if ssl_context is None:
-            listeners = await nursery.start(
-                partial(trio.serve_tcp, server.handle, 0, host="127.0.0.1")
-            )
-        else:
-            listeners = await nursery.start(
-                partial(
-                    trio.serve_ssl_over_tcp,
-                    server.handle,
-                    0,
-                    ssl_context,
-                    host="127.0.0.1",
-                    https_compatible=True,
-                )
-            )
-        listener = listeners[0]
-        if isinstance(listener, trio.SSLListener):
-            listener = listener.transport_listener
-        server.port = listener.socket.getsockname()[1]
-        yield server
-        nursery.cancel_scope.cancel()
 
 
 def client(
@@ -240,7 +89,7 @@ async def echo(ex: Exchange) -> None:
 
 def test_get_content_length_and_chunked() -> None:
     async def main() -> None:
-        async with serve(echo) as srv, client() as c:
+        async with serve_h11(echo) as srv, client() as c:
             r = await c.get(srv.url + "/a?x=1", headers={"X-Test": "yes"})
             assert r.status_code == 200
             assert r.http_version == "HTTP/1.1"
@@ -261,7 +110,7 @@ def test_get_content_length_and_chunked() -> None:
 
 def test_post_bytes_json_and_streamed_bodies() -> None:
     async def main() -> None:
-        async with serve(echo) as srv, client() as c:
+        async with serve_h11(echo) as srv, client() as c:
             r = await c.post(srv.url + "/p", content=b"hello")
             d = r.json()
             assert (d["method"], d["body"]) == ("POST", "hello")
@@ -293,7 +142,7 @@ def test_large_bodies_both_ways() -> None:
         await ex.respond(ex.body[::-1], chunked=ex.method == "PUT")
 
     async def main() -> None:
-        async with serve(app) as srv, client() as c:
+        async with serve_h11(app) as srv, client() as c:
             r = await c.post(srv.url, content=big)
             assert r.content == big[::-1]
             r = await c.put(srv.url, content=big[:200_000])
@@ -312,7 +161,7 @@ def test_head_and_no_content_keep_the_connection() -> None:
             await ex.end()
 
     async def main() -> None:
-        async with serve(app) as srv, client() as c:
+        async with serve_h11(app) as srv, client() as c:
             r = await c.head(srv.url)
             assert (r.status_code, r.content) == (200, b"")
             r = await c.delete(srv.url)
@@ -325,7 +174,7 @@ def test_head_and_no_content_keep_the_connection() -> None:
 
 def test_httpx_client_api_on_top() -> None:
     async def main() -> None:
-        async with serve(echo) as srv, client() as c:
+        async with serve_h11(echo) as srv, client() as c:
             async with c.stream("GET", srv.url + "/s") as r:
                 assert r.status_code == 200
                 body = b"".join([chunk async for chunk in r.aiter_bytes()])
@@ -363,7 +212,7 @@ def test_streaming_arrives_incrementally() -> None:
         await ex.end()
 
     async def main() -> None:
-        async with serve(app) as srv, client() as c, c.stream("GET", srv.url) as r:
+        async with serve_h11(app) as srv, client() as c, c.stream("GET", srv.url) as r:
             chunks = []
             async for chunk in r.aiter_raw():
                 chunks.append(chunk)
@@ -385,7 +234,7 @@ def test_closing_mid_stream_closes_the_upstream_connection() -> None:
         await ex.close()
 
     async def main() -> None:
-        async with serve(app) as srv, client() as c:
+        async with serve_h11(app) as srv, client() as c:
             async with (
                 c.stream("GET", srv.url) as r,
                 contextlib.aclosing(r.aiter_bytes()) as body,
@@ -418,7 +267,7 @@ def test_server_closing_mid_body_is_remote_protocol_error() -> None:
         await ex.close()
 
     async def main() -> None:
-        async with serve(app) as srv, client() as c:
+        async with serve_h11(app) as srv, client() as c:
             for path in ("/cl", "/chunked"):
                 with pytest.raises(httpx.RemoteProtocolError):
                     await c.get(srv.url + path)
@@ -444,7 +293,7 @@ def test_read_timeout_between_chunks(tls: bool, ca: trustme.CA) -> None:
         server_ctx = _server_ctx(ca) if tls else None
         timeout = httpx.Timeout(5.0, read=0.2)
         async with (
-            serve(app, server_ctx) as srv,
+            serve_h11(app, server_ctx) as srv,
             client(timeout=timeout, verify=_client_ctx(ca)) as c,
         ):
             url = f"{'https' if tls else 'http'}://127.0.0.1:{srv.port}/"
@@ -467,7 +316,7 @@ def test_read_timeout_waiting_for_the_head() -> None:
         await ex.close()
 
     async def main() -> None:
-        async with serve(app) as srv, client(timeout=httpx.Timeout(5.0, read=0.2)) as c:
+        async with serve_h11(app) as srv, client(timeout=httpx.Timeout(5.0, read=0.2)) as c:
             with pytest.raises(httpx.ReadTimeout):
                 await c.get(srv.url)
 
@@ -479,7 +328,7 @@ def test_read_timeout_waiting_for_the_head() -> None:
 
 def test_keep_alive_reuses_one_connection() -> None:
     async def main() -> None:
-        async with serve(echo) as srv, client() as c:
+        async with serve_h11(echo) as srv, client() as c:
             for i in range(5):
                 r = await c.get(srv.url + f"/{i}" + ("?chunked" if i % 2 else ""))
                 assert r.json()["target"].startswith(f"/{i}")
@@ -493,7 +342,7 @@ def test_keep_alive_reuses_one_connection() -> None:
 
 def test_unread_but_complete_response_returns_connection() -> None:
     async def main() -> None:
-        async with serve(echo) as srv, client() as c:
+        async with serve_h11(echo) as srv, client() as c:
             # The body came with the head (one write, one receive), so it is already
             # in h11's buffer: closing the response unread keeps the connection.
             r = await c.send(c.build_request("GET", srv.url), stream=True)
@@ -510,7 +359,7 @@ def test_server_closing_idle_connection_is_detected() -> None:
         await ex.close()  # no Connection: close header; just drops it while idle
 
     async def main() -> None:
-        async with serve(app) as srv, client() as c:
+        async with serve_h11(app) as srv, client() as c:
             assert (await c.get(srv.url)).content == b"ok"
             while srv.closed_connections < 1:
                 await srv.connection_closed.wait()
@@ -530,7 +379,7 @@ def test_reused_connection_closed_before_response_is_retried_once() -> None:
         await ex.respond(ex.body or b"ok")
 
     async def main() -> None:
-        async with serve(app) as srv, client() as c:
+        async with serve_h11(app) as srv, client() as c:
             assert (await c.get(srv.url)).content == b"ok"
             r = await c.post(srv.url, content=b"payload")  # dropped once, then retried
             assert r.content == b"payload"
@@ -547,7 +396,7 @@ def test_retry_happens_only_once_and_not_on_fresh_connections() -> None:
             await ex.close()
 
     async def main() -> None:
-        async with serve(app) as srv, client() as c:
+        async with serve_h11(app) as srv, client() as c:
             assert (await c.get(srv.url)).content == b"ok"
             with pytest.raises(httpx.RemoteProtocolError):
                 await c.get(srv.url)  # reused: dropped, retried on a new one: dropped
@@ -564,16 +413,16 @@ def test_connection_close_and_keepalive_expiry() -> None:
         await ex.respond(b"x", headers=[("Connection", "close")] if ex.target == "/close" else [])
 
     async def main() -> None:
-        async with serve(app) as srv, client() as c:
+        async with serve_h11(app) as srv, client() as c:
             await c.get(srv.url + "/close")
             await c.get(srv.url + "/close")
             assert srv.connections == 2
-        async with serve(app) as srv, client(keepalive_expiry=0.0) as c:
+        async with serve_h11(app) as srv, client(keepalive_expiry=0.0) as c:
             await c.get(srv.url)
             await trio.sleep(0.01)  # ordering only: idle for longer than 0 s
             await c.get(srv.url)
             assert srv.connections == 2
-        async with serve(app) as srv, client(max_keepalive_connections=0) as c:
+        async with serve_h11(app) as srv, client(max_keepalive_connections=0) as c:
             await c.get(srv.url)
             await c.get(srv.url)
             assert srv.connections == 2
@@ -588,7 +437,7 @@ def test_concurrent_requests_through_one_client() -> None:
 
     async def main() -> None:
         results: dict[int, bytes] = {}
-        async with serve(app) as srv, client(max_keepalive_connections=50) as c:
+        async with serve_h11(app) as srv, client(max_keepalive_connections=50) as c:
 
             async def one(i: int) -> None:
                 r = await c.get(f"{srv.url}/{i}")
@@ -608,7 +457,7 @@ def test_concurrent_requests_through_one_client() -> None:
 
 def test_transport_aclose_closes_idle_connections() -> None:
     async def main() -> None:
-        async with serve(echo) as srv:
+        async with serve_h11(echo) as srv:
             async with client() as c:
                 await c.get(srv.url)
                 assert srv.closed_connections == 0
@@ -694,7 +543,7 @@ def test_tls_with_trusted_ca(ca: trustme.CA) -> None:
             await echo(ex)
 
     async def main() -> None:
-        async with serve(app, _server_ctx(ca)) as srv, client(verify=_client_ctx(ca)) as c:
+        async with serve_h11(app, _server_ctx(ca)) as srv, client(verify=_client_ctx(ca)) as c:
             url = f"https://127.0.0.1:{srv.port}"
             for _ in range(3):
                 r = await c.post(url + "/x", content=b"secret")
@@ -714,7 +563,10 @@ def test_tls_with_trusted_ca(ca: trustme.CA) -> None:
 def test_tls_untrusted_certificate_is_connect_error(ca: trustme.CA) -> None:
     async def main() -> None:
         other_ca = trustme.CA()
-        async with serve(echo, _server_ctx(ca)) as srv, client(verify=_client_ctx(other_ca)) as c:
+        async with (
+            serve_h11(echo, _server_ctx(ca)) as srv,
+            client(verify=_client_ctx(other_ca)) as c,
+        ):
             with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
                 await c.get(f"https://127.0.0.1:{srv.port}/")
             assert srv.requests == 0
@@ -898,7 +750,7 @@ def test_slow_consumer_is_not_a_read_timeout() -> None:
         await ex.end()
 
     async def main() -> None:
-        async with serve(app) as srv, client(timeout=httpx.Timeout(5.0, read=0.1)) as c:
+        async with serve_h11(app) as srv, client(timeout=httpx.Timeout(5.0, read=0.1)) as c:
             got = []
             async with c.stream("GET", srv.url) as r:
                 async for chunk in r.aiter_bytes():
@@ -920,7 +772,7 @@ def test_one_transport_across_trio_runs() -> None:
         await ex.close()
 
     async def main() -> None:
-        async with serve(app) as srv:
+        async with serve_h11(app) as srv:
             c = httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(5.0, read=0.1))
             with pytest.raises(httpx.ReadTimeout):
                 async with c.stream("GET", srv.url) as r:
@@ -986,7 +838,7 @@ def _system_store(
 
 
 async def _verifies(ctx: ssl.SSLContext, server_ca: trustme.CA) -> bool:
-    async with serve(echo, _server_ctx(server_ca)) as srv, client(verify=ctx) as c:
+    async with serve_h11(echo, _server_ctx(server_ca)) as srv, client(verify=ctx) as c:
         try:
             r = await c.get(f"https://127.0.0.1:{srv.port}/")
         except httpx.ConnectError as exc:
@@ -1045,5 +897,79 @@ def test_ssl_cert_file_adds_to_the_system_store(
     async def main() -> None:
         assert await _verifies(ctx, root)
         assert await _verifies(ctx, corporate)
+
+    run(main)
+
+
+# -- cancel-safe body reads ------------------------------------------------------
+
+
+def test_a_cancelled_body_read_loses_nothing_and_reads_on() -> None:
+    """The relay interrupts a silent read for a keep-alive, then reads on (serve/pump.py)."""
+    interrupted = trio.Event()
+
+    async def app(ex: Exchange) -> None:
+        await ex.start(200, [("Transfer-Encoding", "chunked")])
+        await ex.send(b"data: one\n\n")
+        await interrupted.wait()
+        await ex.send(b"data: two\n\n")
+        await ex.end()
+
+    async def main() -> None:
+        async with serve_h11(app) as srv, client() as c:
+            req = c.build_request("GET", srv.url)
+            r = await c._transport.handle_async_request(req)
+            body = cancel_safe_body(r)
+            assert body is not None
+            assert await body.__anext__() == b"data: one\n\n"
+            with trio.CancelScope() as scope:
+                scope.cancel()  # the read is cancelled as it waits
+                await body.__anext__()
+            assert scope.cancelled_caught
+            interrupted.set()
+            assert [chunk async for chunk in body] == [b"data: two\n\n"]
+            # the body was read to its end: the connection went back to the pool
+            await c.get(srv.url)
+            assert (srv.connections, srv.closed_connections) == (1, 0)
+
+    run(main)
+
+
+def test_interrupted_reads_keep_the_read_timeout() -> None:
+    """Keep-alive interruptions do not restart the silence a read timeout measures."""
+
+    async def app(ex: Exchange) -> None:
+        await ex.start(200, [("Transfer-Encoding", "chunked")])
+        await ex.send(b"data: one\n\n")
+        await ex.wait_disconnect()  # then silence
+
+    async def main() -> None:
+        async with serve_h11(app) as srv, client(timeout=httpx.Timeout(5.0, read=0.3)) as c:
+            r = await c._transport.handle_async_request(c.build_request("GET", srv.url))
+            body = cancel_safe_body(r)
+            assert body is not None
+            await body.__anext__()
+            # interrupted every 50 ms: without the kept deadline no read would ever
+            # see 0.3 s of silence, and GUARD would fail the test
+            with pytest.raises(httpx.ReadTimeout):
+                while True:
+                    with trio.move_on_after(0.05):
+                        await body.__anext__()
+
+    run(main)
+
+
+def test_cancel_safe_body_only_for_this_transports_plain_bodies() -> None:
+    async def app(ex: Exchange) -> None:
+        gzip = [("Content-Encoding", "gzip")] if ex.target == "/gz" else []
+        await ex.respond(b"x", headers=gzip)
+
+    async def main() -> None:
+        async with serve_h11(app) as srv, client() as c:
+            r = await c._transport.handle_async_request(c.build_request("GET", srv.url + "/gz"))
+            assert cancel_safe_body(r) is None  # needs httpx's decoder
+            await r.aclose()
+            async with c.stream("GET", srv.url) as r:
+                assert cancel_safe_body(r) is None  # wrapped by AsyncClient.send
 
     run(main)

@@ -39,6 +39,10 @@ Design:
   joined, never split or held back. It returns the connection to the pool as soon
   as the body ends. Closing it earlier closes the socket at once, so the upstream
   sees the client's disconnect.
+* A cancelled body read consumes nothing and leaves the body readable: the
+  stream relay interrupts a silent read to send a keep-alive, then reads on
+  (``serve/pump.py``). Giving up is ``aclose()``. The read deadline survives the
+  interruption, so a silent upstream still times out.
 * Body read timeouts (between receives, as in httpx) come from one watchdog task
   per trio run. It closes the socket of a read that ran past its deadline. A trio
   cancel scope around each receive would cost ~6 µs per event, more than the
@@ -56,7 +60,7 @@ import math
 import ssl
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from functools import partial
 from typing import Final, Self
 
@@ -68,7 +72,7 @@ from tokn_router.net import h1client
 from tokn_router.net.h1client import BodyDecoder, BodyError, NoResponse
 from tokn_router.net.streams import TLSStream, receive_from_socket
 
-__all__ = ["TrioH11Transport"]
+__all__ = ["TrioH11Transport", "cancel_safe_body"]
 
 # One receive_some per wake-up. 64 KiB covers any SSE burst in one read.
 _READ_SIZE: Final = 65536
@@ -506,7 +510,7 @@ async def _receive(
 
 
 class _ResponseStream(httpx.AsyncByteStream):
-    """The response body: one item per receive, framing removed.
+    """The response body: one item per receive, framing removed; cancel-safe.
 
     A class with ``__anext__`` rather than an async generator: no generator
     frame to finalize when a consumer stops early, and a little cheaper per
@@ -570,7 +574,9 @@ class _ResponseStream(httpx.AsyncByteStream):
                     self._fresh = b""
                 else:
                     timeout = self._read_timeout
-                    if timeout is not None:
+                    # A deadline still set comes from a read that was cancelled
+                    # (a keep-alive): the silence it measures goes on.
+                    if timeout is not None and conn.read_deadline == _INF:
                         conn.read_deadline = trio.current_time() + timeout
                     try:
                         # Always bytes from sockets and TLSStream; trio's ABC says
@@ -597,9 +603,13 @@ class _ResponseStream(httpx.AsyncByteStream):
         except BodyError as exc:
             self._abort()
             raise httpx.RemoteProtocolError(str(exc), request=self._request) from None
+        except trio.Cancelled:
+            # Only the receive awaits, and a cancelled receive took nothing
+            # (sockets and TLSStream both): the body can be read on, or closed.
+            raise
         except BaseException:
-            # Read error, timeout, cancellation: the body is incomplete and the
-            # connection unusable. Close it now.
+            # Read error, timeout: the body is incomplete and the connection
+            # unusable. Close it now.
             self._abort()
             raise
         raise StopAsyncIteration
@@ -644,3 +654,17 @@ class _ResponseStream(httpx.AsyncByteStream):
             self._finish()
         else:
             self._abort()
+
+
+def cancel_safe_body(response: httpx.Response) -> AsyncIterator[bytes] | None:
+    """The body of a response this transport returned, to read without httpx's layers.
+
+    Its reads may be cancelled and resumed (see :class:`_ResponseStream`). ``None``
+    when the response came from another transport, or through ``AsyncClient.send``
+    (which wraps the stream), or its body is compressed and needs httpx's decoder.
+    """
+    stream = response.stream
+    if not isinstance(stream, _ResponseStream):
+        return None
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    return stream if encoding in ("", "identity") else None

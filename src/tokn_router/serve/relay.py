@@ -61,10 +61,28 @@ class Opened:
 
 
 class Relay:
-    def __init__(self, pool: Pool, refresher: Refresher, client: httpx.AsyncClient) -> None:
+    """Routes and sends requests; ``direct``, when given, carries every upstream request.
+
+    The daemon passes its transport as ``direct`` when no outbound proxy is set:
+    requests then skip ``AsyncClient.send`` (auth, redirects, cookies, hooks:
+    none of which apply upstream; a sixth of a non-stream request's CPU), and
+    a streamed body comes back as the transport's own cancel-safe stream
+    (``serve/pump.py`` reads it without a helper task). With a proxy, the
+    client's mounts decide the route and ``direct`` stays ``None``.
+    """
+
+    def __init__(
+        self,
+        pool: Pool,
+        refresher: Refresher,
+        client: httpx.AsyncClient,
+        *,
+        direct: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.pool = pool
         self.refresher = refresher
         self.client = client
+        self.direct = direct
         self.sessions = SessionTable()
 
     # ---------------------------------------------------------------- routing
@@ -256,7 +274,11 @@ class Relay:
             url = st.base_url() + (path if isinstance(path, str) else path(st))
             try:
                 req = self.client.build_request("POST", url, content=body, headers=headers)
-                resp = await self.client.send(req, stream=True)
+                if self.direct is not None:
+                    resp = await self.direct.handle_async_request(req)
+                    resp.request = req
+                else:
+                    resp = await self.client.send(req, stream=True)
             except httpx.TimeoutException as e:
                 reason = f"timeout talking to {st.provider.id} ({type(e).__name__})"
                 rlog.attempts.append({"account_id": st.id, "status": 0, "error": reason})
