@@ -64,3 +64,45 @@ def test_stream_body_closed_before_its_first_chunk_still_cleans_up() -> None:
         assert events == ["finally"]
 
     trio.run(main)
+
+
+def test_stream_body_on_end_runs_once_however_the_body_ends() -> None:
+    async def gen(fail: bool) -> AsyncGenerator[bytes, None]:
+        yield b"x"
+        if fail:
+            raise RuntimeError("upstream broke")
+        yield b"y"
+
+    async def unstarted() -> None:
+        return None
+
+    def body(fail: bool = False) -> tuple[StreamBody, list[str]]:
+        ends: list[str] = []
+        b = StreamBody(gen(fail), unstarted)
+        b.on_end(lambda: ends.append("end"))
+        return b, ends
+
+    async def main() -> None:
+        whole, ends = body()
+        assert [c async for c in whole] == [b"x", b"y"]
+        assert ends == ["end"]  # at its end, before any aclose
+        await whole.aclose()
+        assert ends == ["end"]
+
+        failed, ends = body(fail=True)
+        with pytest.raises(RuntimeError):
+            async for _ in failed:
+                pass
+        assert ends == ["end"]
+
+        left, ends = body()
+        assert await left.__anext__() == b"x"
+        assert ends == []
+        await left.aclose()  # the client went away mid-body
+        assert ends == ["end"]
+
+        never, ends = body()
+        await never.aclose()
+        assert ends == ["end"]
+
+    trio.run(main)

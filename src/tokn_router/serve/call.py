@@ -137,15 +137,21 @@ def _too_large(limit: int) -> RequestError:
 
 
 class StreamBody:
-    """A streamed answer body: an async generator, plus its clean-up if it never ran.
+    """A streamed answer body: an async generator, its clean-up if it never ran, and
+    what runs once it is over.
 
     An async generator closed before its first ``__anext__`` never runs its
     ``finally``. A front end closes a body that way when the client leaves
     between the answer's head and its first chunk; ``on_unstarted`` then
     releases what the body holds (the upstream response) and closes the row.
+
+    ``on_end`` callbacks run once, when the body has ended, failed or been
+    closed: a layer that must know (the client-key gate) registers one instead
+    of wrapping the body in another generator, which would cost every event a
+    hop.
     """
 
-    __slots__ = ("_gen", "_on_unstarted", "_started")
+    __slots__ = ("_ends", "_gen", "_on_unstarted", "_started")
 
     def __init__(
         self, gen: AsyncGenerator[bytes, None], on_unstarted: Callable[[], Awaitable[None]]
@@ -153,19 +159,36 @@ class StreamBody:
         self._gen = gen
         self._on_unstarted = on_unstarted
         self._started = False
+        self._ends: list[Callable[[], None]] = []
+
+    def on_end(self, fn: Callable[[], None]) -> None:
+        self._ends.append(fn)
 
     def __aiter__(self) -> StreamBody:
         return self
 
     async def __anext__(self) -> bytes:
         self._started = True
-        return await self._gen.__anext__()
+        try:
+            return await self._gen.__anext__()
+        except BaseException:
+            # an async generator that raised (its end included) is finished
+            self._end()
+            raise
 
     async def aclose(self) -> None:
-        if not self._started:
-            self._started = True
-            await self._on_unstarted()
-        await self._gen.aclose()
+        try:
+            if not self._started:
+                self._started = True
+                await self._on_unstarted()
+            await self._gen.aclose()
+        finally:
+            self._end()
+
+    def _end(self) -> None:
+        ends, self._ends = self._ends, []
+        for fn in ends:
+            fn()
 
 
 @dataclass(slots=True)

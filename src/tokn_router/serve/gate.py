@@ -27,11 +27,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, Literal
 
 import msgspec
-import trio
 
 from tokn_router.accounts.config import Config
 from tokn_router.clients import extract, policy
@@ -109,32 +108,13 @@ class Ticket:
             self._reserved = True
         gauge = self._gate.metrics.streams.labels(key_label(self.key))
         gauge.inc()
-        done = [False]
 
         def end() -> None:
-            if not done[0]:
-                done[0] = True
-                gauge.dec()
-                self.release()
+            gauge.dec()
+            self.release()
 
-        async def unstarted() -> None:
-            try:
-                await body.aclose()
-            finally:
-                end()
-
-        answer.body = StreamBody(_tracked(body, end), unstarted)
+        body.on_end(end)  # runs once
         return answer
-
-
-async def _tracked(inner: StreamBody, end: Callable[[], None]) -> AsyncGenerator[bytes, None]:
-    try:
-        async for chunk in inner:
-            yield chunk
-    finally:
-        with trio.CancelScope(shield=True):
-            await inner.aclose()  # a no-op when the stream ran to its end
-        end()
 
 
 class Gate:
