@@ -160,6 +160,24 @@ class ChatStreamRelay:
 
     def feed(self, data: bytes) -> bytes:
         """Take upstream bytes; return the bytes to send to the client now."""
+        if not self._buf and not self._drop_usage and b"\r" not in data:
+            # The common case (Copilot, Z.ai): LF-framed events, nothing held and
+            # nothing to drop. Scan ``data`` in place: no copy into the buffer and
+            # no slice per event (half of this method's cost per event).
+            find = data.find
+            pos = 0
+            while True:
+                end = find(b"\n\n", pos)
+                if end == -1:
+                    break
+                if data.startswith(b"data:", pos) and find(b"\n", pos, end) == -1:
+                    self._inspect_payload(data[pos + 5 : end].strip())
+                else:
+                    self._inspect(data[pos:end])
+                pos = end + 2
+            if pos < len(data):
+                self._buf += data[pos:]  # forwarded now, kept to finish its inspection
+            return data
         buf = self._buf
         buf += data
         pos = 0
@@ -200,7 +218,12 @@ class ChatStreamRelay:
     def _inspect(self, event: bytes) -> bool:
         """Extract side information; True when the event must be dropped."""
         payload = _data_payload(event)
-        if payload is None or not payload:
+        if payload is None:
+            return False
+        return self._inspect_payload(payload)
+
+    def _inspect_payload(self, payload: bytes) -> bool:
+        if not payload:
             return False
         self.events += 1
         if payload == b"[DONE]":
