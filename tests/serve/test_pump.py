@@ -60,8 +60,8 @@ class Owner:
 
 @asynccontextmanager
 async def opened(source: str, url: str) -> AsyncIterator[httpx.Response]:
-    transport = TrioH11Transport()
     if source == "transport":
+        transport = TrioH11Transport()
         async with httpx.AsyncClient(transport=transport) as c:
             resp = await transport.handle_async_request(c.build_request("POST", url))
             yield resp
